@@ -1,0 +1,17 @@
+"""Loss-anomaly detection for training curves: drops (with their likely cause), spikes,
+stalls and hidden NaN, over a whole log (`detect`) or live (`StreamingDetector`,
+`LossAnomalyCallback`). `python -m src.detect PATH` runs it on a log file."""
+
+from src.detect.core import Event, Settings, StreamingDetector, detect
+from src.detect.formats import Curve, LogFormatError, load_curve
+
+__all__ = ["Curve", "Event", "LogFormatError", "LossAnomalyCallback", "Settings", "StreamingDetector", "detect", "load_curve"]
+
+
+def __getattr__(name):
+    # The callback needs transformers; import it only when asked for.
+    if name == "LossAnomalyCallback":
+        from src.detect.callback import LossAnomalyCallback
+
+        return LossAnomalyCallback
+    raise AttributeError(f"module 'src.detect' has no attribute {name!r}")

@@ -1,0 +1,258 @@
+"""The detector's rules, shared by its offline and streaming faces (src/detect/core.py).
+
+The drop rule works on log-loss, on *valid* points only (finite and > 0), in windows of
+`window` logged points and at two coarser scales (2x, 4x) for noisy curves. For a candidate
+boundary c (the first point at the new level) and a scale s:
+
+    L  = level of the s points before c        (median-based, robust to single spikes)
+    Lc = level of the s points before those     (the comparable stretch on the left)
+    R  = level of the s points from c on        (the new level)
+    fall = L - R                                (rel_drop = 1 - exp(-fall))
+
+A drop needs: fall >= log(1/(1-drop_threshold)); the fall at least `trend_ratio` times the
+change |L - Lc| over the comparable stretch (a steady descent or a returning bump explains
+itself); and fall >= min_score noise standard errors, the noise being a robust scale of the
+point-to-point differences just before c (epoch boundaries, the best-known cause, need only
+`epoch_min_score`). Neighbouring candidates that pass form a cluster; the event goes to the
+best split inside it. The streaming face evaluates each candidate as soon as its right window
+is complete, with the same functions on the same numbers, so both faces report the same
+events; its decision comes `detected_step` after `step` (a fixed, small delay).
+
+At an epoch boundary the left comparable stretch may be the fresh fine-tune's fast early
+descent; there the trend is also judged on the right side, s points later (`epoch_shape`).
+
+Spikes, stalls and non-finite losses have their own simple rules below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+NOISE_POINTS = 48  # point-to-point differences behind a candidate that estimate its noise
+NOISE_FLOOR = 1e-3  # log units: a perfectly smooth curve still needs a finite scale
+CLUSTER_GAP = 2  # candidates this close belong to the same event
+CONTINUE_FRACTION = 0.5  # a cluster goes on through candidates at half the score it needs
+SPIKE_MAX_POINTS = 3  # longer upward excursions are not spikes
+SPIKE_RETURN_POINTS = 3  # points after the excursion that must be back near the level
+SPIKE_SPAN = 1 + SPIKE_MAX_POINTS + SPIKE_RETURN_POINTS  # y[a-1 : a+6] decides a spike at a
+ZERO_MASK_FLOOR = 1e-3  # an exact 0.0 after losses above this is a NaN the logger hid
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Detector settings; conf/detector/default.yaml documents each one."""
+
+    drop_threshold: float = 0.15
+    small_drop_threshold: float = 0.05
+    min_score: float = 4.0
+    epoch_min_score: float = 3.0
+    trend_ratio: float = 2.0
+    window: int = 6
+    spike_rise: float = 0.5
+    spike_score: float = 6.0
+    stall_points: int = 5
+
+    @classmethod
+    def from_kwargs(cls, **settings) -> Settings:
+        settings = {k: v for k, v in settings.items() if k not in ("on_drop", "on_stall")}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown detector setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}")
+        return cls(**settings)
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return (self.window, 2 * self.window, 4 * self.window)
+
+
+@dataclass
+class Event:
+    """One finding. `step` is the first logged step of the anomaly (for a drop: the first step
+    at the new level); `detected_step` the step at which the streaming face could decide."""
+
+    kind: str  # drop | small_drop | spike | stall | nonfinite
+    step: int
+    severity: str = "medium"  # low | medium | high
+    score: float = 0.0  # how many noise standard errors the change is (inf: exact evidence)
+    rel_drop: float | None = None  # 1 - level_after / level_before
+    level_before: float | None = None
+    level_after: float | None = None  # for a spike: its peak
+    cause: str | None = None
+    evidence: list[str] = field(default_factory=list)
+    end_step: int | None = None
+    detected_step: int | None = None
+    index: int = field(default=-1, repr=False, compare=False)  # position in the curve
+
+    def to_dict(self) -> dict:
+        """JSON-safe: plain numbers, non-finite numbers as null."""
+        out = asdict(self)
+        out.pop("index")
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+            elif isinstance(value, (np.floating, np.integer)):
+                out[key] = value.item()
+        return out
+
+
+# ------------------------------------------------------------------ shared rules
+# Each function below is used by both faces: offline with arrays over many candidates,
+# streaming with one candidate's numbers, so that they decide identically.
+
+
+def window_median(values) -> float:
+    """Median of a short sequence, computed the same way as `window_medians`."""
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) * 0.5
+
+
+def window_medians(y: np.ndarray, w: int) -> np.ndarray:
+    """m[j] = median(y[j:j+w]) for every full window."""
+    if len(y) < w:
+        return np.empty(0)
+    ordered = np.sort(sliding_window_view(y, w), axis=1)
+    half = w // 2
+    return ordered[:, half] if w % 2 else (ordered[:, half - 1] + ordered[:, half]) * 0.5
+
+
+def level(m, start, parts: int, w: int):
+    """Level of the parts*w points from `start`: the mean of `parts` window medians."""
+    total = m[start]
+    for q in range(1, parts):
+        total = total + m[start + q * w]
+    return total / parts
+
+
+def noise_scale(abs_diffs: np.ndarray) -> np.ndarray:
+    """Robust noise standard deviation from |y[j+1] - y[j]| (last axis): MAD / sqrt(2)."""
+    return np.maximum(np.median(abs_diffs, axis=-1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
+
+
+def drop_shape(L, Lc, R, cfg: Settings):
+    """The fall, and whether its shape can be a drop (cheap, no noise estimate needed)."""
+    fall = L - R
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (abs(L - Lc) * cfg.trend_ratio <= fall)
+    return fall, plausible
+
+
+def epoch_shape(L, Lc, R, Rc, cfg: Settings):
+    """drop_shape for a candidate at an epoch boundary, judged on the right-hand trend: a
+    descent on the left (the early descent of a fresh fine-tune) does not explain it away,
+    a rise on the left (a bump returning) still does."""
+    fall = L - R
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & ((L - Lc) * cfg.trend_ratio <= fall)
+    return fall, plausible & (abs(Rc - R) * cfg.trend_ratio <= fall)
+
+
+def drop_kind(fall, z, at_epoch_boundary, cfg: Settings):
+    """2 for a drop, 1 for a small drop, 0 for nothing (works on scalars and arrays)."""
+    min_score = cfg.min_score - (cfg.min_score - cfg.epoch_min_score) * at_epoch_boundary
+    full_size = fall >= -math.log1p(-cfg.drop_threshold)
+    full = full_size & (z >= min_score)
+    small = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (z >= cfg.min_score) & (fall < -math.log1p(-cfg.drop_threshold))
+    return full * 2 + small * 1
+
+
+def score_scale(s: int) -> float:
+    """Standard error of a median-based level difference over s points, per unit noise."""
+    return math.sqrt(math.pi / s)
+
+
+def epoch_crossing(epoch_before, epoch_after):
+    """Whether an epoch ends between two points (epoch 1.0 is the last point of epoch 1)."""
+    return np.ceil(np.asarray(epoch_after) - 1e-9) > np.ceil(np.asarray(epoch_before) - 1e-9)
+
+
+def continues(kind, z, cfg: Settings):
+    """Whether a candidate keeps an open cluster going (it passed, or nearly did)."""
+    return (kind > 0) | (z >= CONTINUE_FRACTION * cfg.min_score)
+
+
+def spike_rule(window: np.ndarray, base: np.ndarray, sigma: np.ndarray, cfg: Settings):
+    """Spikes starting at a, given rows y[a-1 : a+SPIKE_SPAN-1], the level before a and noise.
+
+    A spike rises at least spike_rise (relative) and spike_score noise units above the level,
+    stays up for at most SPIKE_MAX_POINTS points and is back for the next SPIKE_RETURN_POINTS.
+    Returns (is_spike, points_up, peak).
+    """
+    threshold = np.maximum(math.log1p(cfg.spike_rise), cfg.spike_score * sigma)
+    above = window - base[:, None]
+    starts = (above[:, 1] >= threshold) & (above[:, 0] < threshold)
+    up = above[:, 1:] >= threshold[:, None] * 0.5
+    points_up = np.argmin(np.concatenate([up, np.zeros((len(up), 1), bool)], axis=1), axis=1)
+    is_spike = starts & (points_up <= SPIKE_MAX_POINTS)
+    rows = np.arange(len(window))
+    after = np.stack([above[rows, np.minimum(points_up + 1 + k, SPIKE_SPAN - 1)] for k in range(SPIKE_RETURN_POINTS)], 1)
+    returned = np.median(after, axis=1) < threshold * 0.5
+    peak = np.max(np.where(np.arange(SPIKE_SPAN - 1) < points_up[:, None], window[:, 1:], -np.inf), axis=1)
+    return is_spike & returned, points_up, peak
+
+
+def split_point(y: np.ndarray, first: int, last: int, offset: int) -> int:
+    """The boundary in [first, last] that best splits y (which starts at index `offset`) into
+    two flat segments (least squares); this localises a drop more finely than the windows."""
+    n = len(y)
+    csum, csq = np.cumsum(y), np.cumsum(y * y)
+    k = np.arange(max(first - offset, 1), min(last - offset, n - 1) + 1)
+    if len(k) == 0:
+        return first
+    left = csq[k - 1] - csum[k - 1] ** 2 / k
+    right_sum = csum[-1] - csum[k - 1]
+    right = (csq[-1] - csq[k - 1]) - right_sum**2 / (n - k)
+    return int(k[np.argmin(left + right)] + offset)
+
+
+def severity_of(kind: str, rel_drop: float | None) -> str:
+    if kind == "small_drop":
+        return "low"
+    if kind == "drop":
+        return "high" if rel_drop is not None and rel_drop >= 0.3 else "medium"
+    return "high" if kind in ("nonfinite", "stall") else "medium"
+
+
+@dataclass
+class Cluster:
+    """Neighbouring candidates that passed the drop rule at one scale."""
+
+    first: int
+    last: int
+    best: int  # candidate with the highest score
+    kind: int
+    z: float
+    fall: float
+    level_before: float
+    level_after: float
+
+    def add(self, c: int, kind: int, z: float, fall: float, L: float, R: float):
+        """Candidate c passed (kind 2 or 1) or only came close (kind 0: extends the cluster)."""
+        self.last = c
+        if kind and (kind, z) > (self.kind, self.z):
+            self.best, self.kind, self.z, self.fall, self.level_before, self.level_after = c, kind, z, fall, L, R
+
+    def closes_at(self, scale: int) -> int:
+        """The first candidate index whose evaluation ends this cluster."""
+        return min(self.last + CLUSTER_GAP + 1, self.first + scale)
+
+
+def drop_event(cluster: Cluster, step: int, detected_step: int) -> Event:
+    kind = "drop" if cluster.kind == 2 else "small_drop"
+    rel = 1.0 - math.exp(-cluster.fall)
+    return Event(
+        kind=kind,
+        step=step,
+        severity=severity_of(kind, rel),
+        score=round(float(cluster.z), 2),
+        rel_drop=round(rel, 4),
+        level_before=round(math.exp(cluster.level_before), 6),
+        level_after=round(math.exp(cluster.level_after), 6),
+        detected_step=detected_step,
+    )
+
+
