@@ -15,6 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from src.detect.causes import DropContext, describe_nonfinite, describe_stall, explain_drop
 from src.detect.rules import (
+    FRESH_WINDOWS,
     NOISE_POINTS,
     SPIKE_SPAN,
     ZERO_MASK_FLOOR,
@@ -53,7 +54,8 @@ def detect(curve, **settings) -> list[Event]:
     found = epoch_drops(y, m, diffs, epoch, steps, cfg)
     for scale in cfg.scales:
         found += drops_at_scale(y, m, diffs, epoch, steps, scale, cfg)
-    drops = keep_first_decided(found)
+    stalls = [e.index for e in events if e.kind == "stall"]
+    drops = [(b, e) for b, e in keep_first_decided(found) if not into_stall(index[b], stalls)]
     others = [(e.step, math.log(e.level_before), math.log(e.level_after)) for _, e in drops]
     nonfinite = [e for e in events if e.kind == "nonfinite"]
     for b, event in drops:
@@ -80,36 +82,56 @@ def noise_before(diffs: np.ndarray, c) -> np.ndarray:
 
 def drops_at_scale(y, m, diffs, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """(scale, boundary, decided, event) for each drop cluster at scale s; boundary and
-    decided are positions in the valid series."""
-    w, parts, n = cfg.window, s // cfg.window, len(y)
-    c = np.arange(2 * s, n - s + 1)
-    if len(c) == 0:
-        return []
-    L, Lc, R = level(m, c - s, parts, w), level(m, c - 2 * s, parts, w), level(m, c, parts, w)
-    fall, plausible = drop_shape(L, Lc, R, cfg)
-    c, fall, L, R = c[plausible], fall[plausible], L[plausible], R[plausible]
-    if len(c) == 0:
-        return []
-    z = fall / (noise_before(diffs, c) * score_scale(s))
-    kind = drop_kind(fall, z, epoch_crossing(epoch[c - 2], epoch[c + 1]), cfg)
+    decided are positions in the valid series. In the fresh phase (the first FRESH_WINDOWS
+    windows) a candidate also needs the right-hand trend, so it is decided s points later."""
+    n, fresh_end = len(y), FRESH_WINDOWS * s
+    out = []
+    for lag, first, stop in ((2 * s, 2 * s, min(fresh_end, n - 2 * s + 1)), (s, max(2 * s, fresh_end), n - s + 1)):
+        if stop > first:
+            out += scan(np.arange(first, stop), lag, y, m, diffs, epoch, steps, s, cfg)
+    return out
+
+
+def scan(c, lag: int, y, m, diffs, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+    """Evaluate candidates c (in order) and group those that pass into clusters."""
+    kind, z, fall, L, R = candidates(c, lag, m, lambda at: noise_before(diffs, at), epoch, s, cfg)
     out, cluster, refractory = [], None, -1
     for i in np.flatnonzero(continues(kind, z, cfg)).tolist():
         ci = int(c[i])
         if cluster is not None and ci >= cluster.closes_at(s):
-            out.append(close_cluster(cluster, y, steps, s, cfg, n))
+            out.append(close_cluster(cluster, y, steps, s, lag, cfg, len(y)))
             refractory, cluster = out[-1][1] + s, None
         if cluster is not None:
             cluster.add(ci, int(kind[i]), float(z[i]), float(fall[i]), float(L[i]), float(R[i]))
         elif kind[i] and ci >= refractory:
             cluster = Cluster(ci, ci, ci, int(kind[i]), float(z[i]), float(fall[i]), float(L[i]), float(R[i]))
     if cluster is not None:
-        out.append(close_cluster(cluster, y, steps, s, cfg, n))
+        out.append(close_cluster(cluster, y, steps, s, lag, cfg, len(y)))
     return out
 
 
-def close_cluster(cluster: Cluster, y, steps, s: int, cfg: Settings, available: int) -> tuple:
+def candidates(c, lag: int, m, noise, epoch, s: int, cfg: Settings):
+    """(kind, z, fall, level before, level after) of candidate(s) c, kind 0 where they fail.
+    Shared by both faces: offline passes arrays, the streaming face one candidate; `noise(c)`
+    gives the noise scale before c."""
+    parts, w = s // cfg.window, cfg.window
+    L, Lc, R = level(m, c - s, parts, w), level(m, c - 2 * s, parts, w), level(m, c, parts, w)
+    Rc = level(m, c + s, parts, w) if lag > s else None
+    fall, L, plausible = drop_shape(L, Lc, R, cfg, Rc)
+    if np.ndim(c) == 0:
+        if not plausible:  # the common case, kept cheap for the streaming face
+            return 0, 0.0, fall, L, R
+        z = float(fall / (noise(c) * score_scale(s)))
+    else:
+        z, at = np.zeros(len(c)), np.flatnonzero(plausible)
+        z[at] = fall[at] / (noise(c[at]) * score_scale(s))
+    kind = drop_kind(fall, z, epoch_crossing(epoch[c - 2], epoch[c + 1]), cfg) * plausible
+    return kind, z, fall, L, R
+
+
+def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, available: int) -> tuple:
     """The event of a finished cluster, using only the points the streaming face had by then."""
-    decided = min(cluster.closes_at(s) + s - 1, available - 1)
+    decided = min(cluster.closes_at(s) + lag - 1, available - 1)
     lo, hi = max(cluster.first - 1, 1), cluster.last + 1
     start, stop = max(lo - cfg.window, 0), min(hi + cfg.window, decided + 1)
     boundary = split_point(y[start:stop], lo, min(hi, stop - 1), start)
@@ -127,8 +149,8 @@ def epoch_drops(y, m, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
 def epoch_drop(c: int, y, m, abs_diffs: np.ndarray, steps, cfg: Settings):
     """The epoch-boundary drop at c, or None (shared by both faces)."""
     s = cfg.window
-    L, Lc, R, Rc = m[c - s], m[c - 2 * s], m[c], m[c + s]
-    fall, plausible = epoch_shape(L, Lc, R, Rc, cfg)
+    fall, L, plausible = epoch_shape(m[c - s], m[c - 2 * s], m[c], m[c + s], cfg)
+    R = m[c]
     if not plausible:
         return None
     z = float(fall / (noise_scale(abs_diffs) * score_scale(s)))
@@ -153,6 +175,11 @@ def keep_first_decided(found: list[tuple]) -> list[tuple[int, Event]]:
 
 def overlaps(kept, scale: int, boundary: int, kind: str) -> bool:
     return any(abs(boundary - b) <= max(scale, s) and (k == "drop" or kind == "small_drop") for s, b, k in kept)
+
+
+def into_stall(position: int, stall_starts) -> bool:
+    """A loss that freezes (a stall) at a lower value is reported as the stall, not a drop."""
+    return any(-2 <= start - position <= 2 for start in stall_starts)
 
 
 def drop_context(arrays, take, at: int, event: Event, cfg: Settings, eval_step, eval_loss, restarts, nonfinite) -> DropContext:
@@ -330,15 +357,16 @@ class StreamingDetector:
 
     def __init__(self, **settings):
         self.cfg = cfg = Settings.from_kwargs(**settings)
-        size = 3 * max(cfg.scales) + NOISE_POINTS + 4 * cfg.window + 16
+        size = 4 * max(cfg.scales) + NOISE_POINTS + 4 * cfg.window + 16
         self._y, self._m, self._ctx = Ring(size), Ring(size), Buffers(size)
         self._valid = 0  # valid points seen: the position of the next one
         self._seen = 0  # all points seen
-        self._clusters: dict[int, Cluster | None] = dict.fromkeys(cfg.scales)
-        self._refractory = dict.fromkeys(cfg.scales, -1)
+        self._clusters: dict[tuple[int, int], Cluster | None] = {}  # open cluster per (scale, lag)
+        self._refractory: dict[tuple[int, int], int] = {}
         self._kept = deque(maxlen=64)  # (scale, boundary, kind) of reported drops
         self._drops = deque(maxlen=16)  # (step, log level before, log level after)
         self._evals, self._restarts, self._nonfinite = deque(maxlen=64), deque(maxlen=16), deque(maxlen=16)
+        self._stalls = deque(maxlen=16)  # positions where stalls started
         self._recent_steps = deque(maxlen=cfg.stall_points + 2)
         self._last_step = None
         self._previous_loss = self._last_positive = math.nan
@@ -366,10 +394,10 @@ class StreamingDetector:
     def finish(self) -> list[Event]:
         """Decide what is still open (drops near the end of the curve)."""
         events = []
-        for scale in self.cfg.scales:
-            cluster, self._clusters[scale] = self._clusters[scale], None
+        for (s, lag), cluster in sorted(self._clusters.items()):
             if cluster is not None:
-                events += self._report_drop(close_cluster(cluster, self._y, self._ctx.step, scale, self.cfg, self._valid))
+                events += self._report_drop(close_cluster(cluster, self._y, self._ctx.step, s, lag, self.cfg, self._valid))
+        self._clusters = {}
         return events
 
     # -- every point: non-finite losses and stalls
@@ -393,6 +421,7 @@ class StreamingDetector:
         elif not self._stall_open and max(self._same_run, self._zero_run) >= self.cfg.stall_points:
             self._stall_open = True
             events.append(self._stall(loss))
+            self._stalls.append(events[-1].index)
         return events
 
     def _stall(self, loss: float) -> Event:
@@ -414,9 +443,12 @@ class StreamingDetector:
         if n >= w:
             self._m[n - w] = window_median([self._y[j] for j in range(n - w, n)])
         events = self._spike(n - SPIKE_SPAN + 1)
-        for scale in cfg.scales:
-            events += self._drop_candidate(n - scale, scale)
         events += self._epoch_candidate(n - 2 * w)
+        for s in cfg.scales:
+            if 2 * s <= n - 2 * s < FRESH_WINDOWS * s:  # fresh phase: the right-hand trend counts too
+                events += self._drop_candidate(n - 2 * s, s, 2 * s)
+            if n - s >= max(FRESH_WINDOWS, 2) * s:
+                events += self._drop_candidate(n - s, s, s)
         return events
 
     def _abs_diffs(self, c: int) -> np.ndarray:
@@ -432,30 +464,22 @@ class StreamingDetector:
             return []
         return [spike_event(a, int(points_up[0]), float(base[0]), float(peak[0]), float(sigma[0]), self._ctx.step, int(self._ctx.index[a]))]
 
-    def _drop_candidate(self, c: int, s: int) -> list[Event]:
-        """Evaluate candidate c at scale s (its right window has just completed)."""
-        cfg, events = self.cfg, []
-        if c < 2 * s:
-            return events
-        cluster = self._clusters[s]
+    def _drop_candidate(self, c: int, s: int, lag: int) -> list[Event]:
+        """Evaluate candidate c at scale s, now that the `lag` points from c have arrived."""
+        cfg, events, path = self.cfg, [], (s, lag)
+        cluster = self._clusters.get(path)
         if cluster is not None and c >= cluster.closes_at(s):
-            self._clusters[s] = None
-            found = close_cluster(cluster, self._y, self._ctx.step, s, cfg, self._valid)
-            self._refractory[s], cluster = found[1] + s, None
+            found = close_cluster(cluster, self._y, self._ctx.step, s, lag, cfg, self._valid)
+            self._clusters[path], self._refractory[path], cluster = None, found[1] + s, None
             events += self._report_drop(found)
-        parts, w = s // cfg.window, cfg.window
-        L, Lc, R = level(self._m, c - s, parts, w), level(self._m, c - 2 * s, parts, w), level(self._m, c, parts, w)
-        fall, plausible = drop_shape(L, Lc, R, cfg)
-        if not plausible:
-            return events
-        z = float(fall / (noise_scale(self._abs_diffs(c)) * score_scale(s)))
-        kind = int(drop_kind(fall, z, epoch_crossing(self._ctx.epoch[c - 2], self._ctx.epoch[c + 1]), cfg))
+        kind, z, fall, L, R = candidates(c, lag, self._m, lambda at: noise_scale(self._abs_diffs(at)), self._ctx.epoch, s, cfg)
         if not continues(kind, z, cfg):
             return events
+        kind = int(kind)
         if cluster is not None:
             cluster.add(c, kind, z, fall, L, R)
-        elif kind and c >= self._refractory[s]:
-            self._clusters[s] = Cluster(c, c, c, kind, z, fall, L, R)
+        elif kind and c >= self._refractory.get(path, -1):
+            self._clusters[path] = Cluster(c, c, c, kind, z, fall, L, R)
         return events
 
     def _epoch_candidate(self, c: int) -> list[Event]:
@@ -466,7 +490,7 @@ class StreamingDetector:
 
     def _report_drop(self, found) -> list[Event]:
         scale, boundary, _, event = found
-        if overlaps(self._kept, scale, boundary, event.kind):
+        if overlaps(self._kept, scale, boundary, event.kind) or into_stall(self._ctx.index[boundary], self._stalls):
             return []
         self._kept.append((scale, boundary, event.kind))
         cfg = self.cfg
@@ -486,7 +510,7 @@ class StreamingDetector:
         while self._valid > 0 and self._ctx.step[self._valid - 1] >= step:
             self._valid -= 1
         self._kept = deque((k for k in self._kept if k[1] < self._valid), maxlen=self._kept.maxlen)
-        self._clusters = dict.fromkeys(self.cfg.scales)
+        self._clusters = {}
         self._previous_loss, self._same_run, self._zero_run = math.nan, 1, 0
         self._stall_open = self._bad_open = False
 

@@ -36,6 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 NOISE_POINTS = 48  # point-to-point differences behind a candidate that estimate its noise
 NOISE_FLOOR = 1e-3  # log units: a perfectly smooth curve still needs a finite scale
 CLUSTER_GAP = 2  # candidates this close belong to the same event
+FRESH_WINDOWS = 8  # a fine-tune's first windows may be its fast early descent: judge both sides
 CONTINUE_FRACTION = 0.5  # a cluster goes on through candidates at half the score it needs
 SPIKE_MAX_POINTS = 3  # longer upward excursions are not spikes
 SPIKE_RETURN_POINTS = 3  # points after the excursion that must be back near the level
@@ -52,9 +53,9 @@ class Settings:
     min_score: float = 4.0
     epoch_min_score: float = 3.0
     trend_ratio: float = 2.0
-    window: int = 6
-    spike_rise: float = 0.5
-    spike_score: float = 6.0
+    window: int = 7
+    spike_rise: float = 1.0
+    spike_score: float = 10.0
     stall_points: int = 5
 
     @classmethod
@@ -107,19 +108,18 @@ class Event:
 
 
 def window_median(values) -> float:
-    """Median of a short sequence, computed the same way as `window_medians`."""
-    ordered = sorted(values)
-    half = len(ordered) // 2
-    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) * 0.5
+    """The lower median of a short window (the middle value; of an even count, the lower
+    middle one): it ignores up to half of the window being a spike, one point more than the
+    usual median, and spikes go up far more often than the loss dips."""
+    return sorted(values)[(len(values) - 1) // 2]
 
 
 def window_medians(y: np.ndarray, w: int) -> np.ndarray:
-    """m[j] = median(y[j:j+w]) for every full window."""
+    """m[j] = window_median(y[j:j+w]) for every full window."""
     if len(y) < w:
         return np.empty(0)
-    ordered = np.sort(sliding_window_view(y, w), axis=1)
-    half = w // 2
-    return ordered[:, half] if w % 2 else (ordered[:, half - 1] + ordered[:, half]) * 0.5
+    k = (w - 1) // 2
+    return np.partition(sliding_window_view(y, w), k, axis=1)[:, k]
 
 
 def level(m, start, parts: int, w: int):
@@ -135,20 +135,36 @@ def noise_scale(abs_diffs: np.ndarray) -> np.ndarray:
     return np.maximum(np.median(abs_diffs, axis=-1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
 
 
-def drop_shape(L, Lc, R, cfg: Settings):
-    """The fall, and whether its shape can be a drop (cheap, no noise estimate needed)."""
-    fall = L - R
-    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (abs(L - Lc) * cfg.trend_ratio <= fall)
-    return fall, plausible
+def drop_shape(L, Lc, R, cfg: Settings, Rc=None):
+    """(fall, level_before, plausible) of a candidate, without any noise estimate.
+
+    The fall is the change across the candidate beyond the change |L - Lc| over the
+    comparable stretch on the left (and |Rc - R| on the right, when Rc is given): a trend or
+    a bump that returns explains that much of it away. level_before is the level the loss
+    had, net of that (so rel_drop = 1 - exp(-fall) = 1 - level_after/level_before).
+    Plausible: at least a small drop, and at least `trend_ratio` times the comparable change.
+    Works on scalars and arrays alike.
+    """
+    trend = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
+    return _shape(L, R, trend, cfg)
 
 
 def epoch_shape(L, Lc, R, Rc, cfg: Settings):
-    """drop_shape for a candidate at an epoch boundary, judged on the right-hand trend: a
-    descent on the left (the early descent of a fresh fine-tune) does not explain it away,
-    a rise on the left (a bump returning) still does."""
-    fall = L - R
-    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & ((L - Lc) * cfg.trend_ratio <= fall)
-    return fall, plausible & (abs(Rc - R) * cfg.trend_ratio <= fall)
+    """drop_shape for a candidate at an epoch boundary: only a rise counts on the left, since a
+    descent there may be the fresh fine-tune's early descent rather than a trend."""
+    rise = (L - Lc) * ((L - Lc) > 0)
+    return _shape(L, R, larger(rise, abs(Rc - R)), cfg)
+
+
+def _shape(L, R, trend, cfg: Settings):
+    fall = (L - R) - trend
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (trend * cfg.trend_ratio <= L - R)
+    return fall, R + fall, plausible
+
+
+def larger(a, b):
+    """max(a, b) for scalars and arrays alike."""
+    return (a + b + abs(a - b)) * 0.5
 
 
 def drop_kind(fall, z, at_epoch_boundary, cfg: Settings):
