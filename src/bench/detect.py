@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from src.bench.synthetic import FAMILIES, Case, make_case
-from src.detect import StreamingDetector, detect
+from src.detect import Settings, StreamingDetector, detect
 from src.detect.formats import Curve
 
 MATCH_POINTS = 5
@@ -81,8 +81,11 @@ def score(case: Case, found: list[tuple[str, int, int]], kinds=SCORED_KINDS, lat
     return tallies
 
 
+SETTINGS: dict = {}  # detector settings for this run (--set key=value)
+
+
 def run_ours_offline(case: Case):
-    return [(e.kind, e.index, e.index) for e in detect(case.curve)]
+    return [(e.kind, e.index, e.index) for e in detect(case.curve, **SETTINGS)]
 
 
 def stream_rows(curve: Curve) -> list[tuple]:
@@ -94,7 +97,7 @@ def stream_rows(curve: Curve) -> list[tuple]:
 
 
 def run_ours_streaming(rows) -> tuple[list, float]:
-    detector, found, position = StreamingDetector(), [], -1
+    detector, found, position = StreamingDetector(**SETTINGS), [], -1
     start = time.perf_counter()
     for step, loss, ctx in rows:
         position += loss is not None
@@ -173,7 +176,11 @@ def main(argv=None):
     parser.add_argument("--curves", type=int, default=30, help="curves per family (default 30)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="8 curves per family, no long speed curve")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a detector setting (conf/detector/default.yaml)")
     args = parser.parse_args(argv)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        SETTINGS[key] = type(getattr(Settings(), key))(value)
     per_family = 8 if args.quick else args.curves
     t_start = time.perf_counter()
     cases = suite(per_family, args.seed)
@@ -192,7 +199,7 @@ def main(argv=None):
         streaming.append([(e.kind, e.index, position) for e, position in events])
         agree += sorted((k, i) for k, i, _ in found) == sorted((e.kind, e.index) for e, _ in events)
     for case in cases:
-        events = {e.index: e for e in detect(case.curve) if e.kind == "drop"}
+        events = {e.index: e for e in detect(case.curve, **SETTINGS) if e.kind == "drop"}
         for t in case.truth:
             if t.kind == "drop" and t.scored:
                 match = [e for i, e in events.items() if abs(i - t.index) <= MATCH_POINTS]
@@ -253,7 +260,7 @@ def main(argv=None):
     if not args.quick:
         big = make_case("staircase", 7, n_points=1_000_000).curve
         start = time.perf_counter()
-        detect(big)
+        detect(big, **SETTINGS)
         print(f"  offline speed, one 1M-point curve  {len(big) / (time.perf_counter() - start):,.0f} points/s   target >= 1,000,000")
     print(f"  streaming update                   {1e6 * stream_s / points:.1f} us per point   target <= 20")
     print(f"  speed vs PELT (same short curves)  {pelt_s / max(ours_short_s, 1e-9):,.0f}x faster ({pelt_points / pelt_s:,.0f} vs {pelt_points / ours_short_s:,.0f} points/s)   target >= 100x")

@@ -17,6 +17,7 @@ The known mechanisms, strongest evidence first:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,7 +73,7 @@ def explain_drop(ctx: DropContext) -> tuple[str, list[str]]:
 
 
 def at_epoch_boundary(epoch: np.ndarray, at: int) -> bool:
-    lo, hi = max(at - 2, 0), min(at + 1, len(epoch) - 1)
+    lo, hi = max(at - 3, 0), min(at + 2, len(epoch) - 1)
     ceil = np.ceil(epoch[lo : hi + 1] - 1e-9)
     ceil = ceil[np.isfinite(ceil)]
     return len(ceil) > 1 and ceil[-1] > ceil[0]
@@ -164,25 +165,36 @@ def _warmup_end(ctx: DropContext):
 
 
 def _recurring(ctx: DropContext):
-    """Drops at a regular spacing: a saw-tooth (loss climbs back) or, without an epoch field,
-    a staircase that is most likely epochs."""
+    """Drops at a regular spacing: a saw-tooth (the loss climbs back) or, without an epoch
+    field, a staircase that is most likely epochs."""
     here = int(ctx.step[ctx.at])
-    steps = sorted({s for s, *_ in ctx.other_drops} | {here})
+    drops = sorted({d[0]: d for d in ctx.other_drops if d[0] != here}.values())
+    steps = sorted([d[0] for d in drops] + [here])
     if len(steps) < 3:
         return None
-    gaps = np.diff(steps)
-    period = float(np.median(gaps))
+    period = _period(np.diff(steps))
     position = steps.index(here)
-    near = gaps[max(position - 1, 0) : position + 1]
-    if period <= 0 or np.any(np.abs(near / period - 1) > PERIOD_TOLERANCE):
+    near = np.diff(steps)[max(position - 1, 0) : position + 1] / period  # missed drops make multiples
+    if period <= 0 or np.any(np.abs(near - np.round(near)) > PERIOD_TOLERANCE) or np.any(np.round(near) == 0):
         return None
-    previous = [d for d in ctx.other_drops if d[0] < here]
-    climbed_back = previous and ctx.level_before >= 0.9 * previous[-1][1]
-    if climbed_back:
+    # A staircase ends each period about one drop lower; a saw-tooth climbs back in between.
+    after = ctx.level_before + math.log1p(-ctx.rel_drop)
+    earlier = [d for d in drops if d[0] < here]
+    neighbour_after = earlier[-1][2] if earlier else drops[0][2]
+    lower_by = abs(neighbour_after - after)
+    if lower_by < 0.5 * -math.log1p(-ctx.rel_drop):
         return "group_by_length", f"drops recur every ~{period:.0f} steps and the loss climbs back in between (saw-tooth)"
     if not np.isfinite(ctx.epoch).any():
         return "epoch_boundary", f"drops recur every ~{period:.0f} steps, each lower than the last (the log has no epoch field)"
     return None
+
+
+def _period(gaps: np.ndarray) -> float:
+    """The spacing of recurring drops, allowing for missed ones (gaps of 2 or 3 periods) and
+    for an odd extra one (a gap much shorter than the rest)."""
+    base = float(np.min(gaps[gaps >= 0.5 * np.median(gaps)]))
+    multiples = np.round(gaps / base)
+    return float(np.median(gaps[multiples > 0] / multiples[multiples > 0]))
 
 
 def describe_nonfinite(values, previous_loss: float, lr) -> tuple[str, list[str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from types import SimpleNamespace
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -117,8 +118,8 @@ def candidates(c, lag: int, m, noise, epoch, s: int, cfg: Settings):
     parts, w = s // cfg.window, cfg.window
     L, Lc, R = level(m, c - s, parts, w), level(m, c - 2 * s, parts, w), level(m, c, parts, w)
     Rc = level(m, c + s, parts, w) if lag > s else None
-    fall, L, plausible = drop_shape(L, Lc, R, cfg, Rc)
-    if np.ndim(c) == 0:
+    fall, L, plausible = drop_shape(level_or(m, c - 3 * s, parts, w, Lc), Lc, L, R, cfg, Rc)
+    if isinstance(c, int):
         if not plausible:  # the common case, kept cheap for the streaming face
             return 0, 0.0, fall, L, R
         z = float(fall / (noise(c) * score_scale(s)))
@@ -129,12 +130,19 @@ def candidates(c, lag: int, m, noise, epoch, s: int, cfg: Settings):
     return kind, z, fall, L, R
 
 
+def level_or(m, start, parts: int, w: int, otherwise):
+    """level() where the window starts inside the curve, `otherwise` where it would not."""
+    if isinstance(start, int):
+        return level(m, start, parts, w) if start >= 0 else otherwise
+    return np.where(start >= 0, level(m, np.maximum(start, 0), parts, w), otherwise)
+
+
 def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, available: int) -> tuple:
     """The event of a finished cluster, using only the points the streaming face had by then."""
     decided = min(cluster.closes_at(s) + lag - 1, available - 1)
     lo, hi = max(cluster.first - 1, 1), cluster.last + 1
     start, stop = max(lo - cfg.window, 0), min(hi + cfg.window, decided + 1)
-    boundary = split_point(y[start:stop], lo, min(hi, stop - 1), start)
+    boundary = split_point(np.asarray(y[start:stop], dtype=np.float64), lo, min(hi, stop - 1), start)
     return s, boundary, decided, drop_event(cluster, int(steps[boundary]), int(steps[decided]))
 
 
@@ -149,7 +157,7 @@ def epoch_drops(y, m, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
 def epoch_drop(c: int, y, m, abs_diffs: np.ndarray, steps, cfg: Settings):
     """The epoch-boundary drop at c, or None (shared by both faces)."""
     s = cfg.window
-    fall, L, plausible = epoch_shape(m[c - s], m[c - 2 * s], m[c], m[c + s], cfg)
+    fall, L, plausible = epoch_shape(m[c - 3 * s] if c >= 3 * s else m[c - 2 * s], m[c - 2 * s], m[c - s], m[c], m[c + s], cfg)
     R = m[c]
     if not plausible:
         return None
@@ -311,40 +319,6 @@ def stall_event(step: int, end_step: int | None, points: int, cause, evidence, d
 # ------------------------------------------------------------------ streaming face
 
 
-class Ring:
-    """The last `size` values of a sequence, indexed by absolute position; a slice gives an array."""
-
-    __slots__ = ("data", "size")
-
-    def __init__(self, size: int):
-        self.data, self.size = [math.nan] * size, size
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return np.array([self.data[j % self.size] for j in range(i.start, i.stop)], dtype=np.float64)
-        return self.data[i % self.size]
-
-    def __setitem__(self, i: int, value):
-        self.data[i % self.size] = value
-
-
-class Buffers:
-    """Rings of what is known at each valid point (step, epoch, lr, tokens, step time, position)."""
-
-    names = ("step", "epoch", "lr", "tokens", "step_time_s", "index")
-
-    def __init__(self, size: int):
-        for name in self.names:
-            setattr(self, name, Ring(size))
-
-    def window(self, lo: int, hi: int):
-        out = Buffers.__new__(Buffers)
-        for name in self.names:
-            setattr(out, name, getattr(self, name)[lo:hi])
-        out.step = out.step.astype(np.int64)
-        return out
-
-
 class StreamingDetector:
     """The detector fed one logged point at a time, with bounded memory.
 
@@ -353,15 +327,21 @@ class StreamingDetector:
     decided a fixed number of points after it happens (about `window` + 2 at the finest
     scale); non-finite losses are reported at once (their `end_step` stays unknown), stalls
     after `stall_points` points. An eval-only row is `update(step, None, eval_loss=x)`.
+
+    It keeps the recent valid points in plain lists (fast to index) that drop their oldest
+    half when they grow too long; positions given to the shared rules are list positions.
     """
+
+    CONTEXT = ("step", "epoch", "lr", "tokens", "step_time_s", "index")
 
     def __init__(self, **settings):
         self.cfg = cfg = Settings.from_kwargs(**settings)
-        size = 4 * max(cfg.scales) + NOISE_POINTS + 4 * cfg.window + 16
-        self._y, self._m, self._ctx = Ring(size), Ring(size), Buffers(size)
-        self._valid = 0  # valid points seen: the position of the next one
+        self._keep = 5 * max(cfg.scales) + NOISE_POINTS + 4 * cfg.window + 16  # what the rules look back at
+        self._y, self._m = [], []  # log-loss of valid points, and window medians
+        self._ctx = {name: [] for name in self.CONTEXT}
+        self._base = 0  # how many valid points have been dropped from the front of the lists
         self._seen = 0  # all points seen
-        self._clusters: dict[tuple[int, int], Cluster | None] = {}  # open cluster per (scale, lag)
+        self._clusters: dict[tuple[int, int], Cluster] = {}  # open cluster per (scale, lag)
         self._refractory: dict[tuple[int, int], int] = {}
         self._kept = deque(maxlen=64)  # (scale, boundary, kind) of reported drops
         self._drops = deque(maxlen=16)  # (step, log level before, log level after)
@@ -385,7 +365,7 @@ class StreamingDetector:
         self._recent_steps.append(step)
         lr = _number(ctx.get("lr"))
         events = self._point_events(step, loss, lr, _number(ctx.get("grad_norm")))
-        if math.isfinite(loss) and loss > 0:
+        if loss > 0 and loss != math.inf:
             events += self._valid_point(step, loss, ctx, lr)
         self._previous_loss = loss
         self._seen += 1
@@ -395,8 +375,7 @@ class StreamingDetector:
         """Decide what is still open (drops near the end of the curve)."""
         events = []
         for (s, lag), cluster in sorted(self._clusters.items()):
-            if cluster is not None:
-                events += self._report_drop(close_cluster(cluster, self._y, self._ctx.step, s, lag, self.cfg, self._valid))
+            events += self._report_drop(close_cluster(cluster, self._y, self._ctx["step"], s, lag, self.cfg, len(self._y)))
         self._clusters = {}
         return events
 
@@ -404,7 +383,7 @@ class StreamingDetector:
 
     def _point_events(self, step: int, loss: float, lr: float, grad: float) -> list[Event]:
         events = []
-        positive = math.isfinite(loss) and loss > 0
+        positive = loss > 0 and loss != math.inf
         bad = not math.isfinite(loss) or (loss == 0 and self._last_positive > ZERO_MASK_FLOOR)
         if bad and not self._bad_open:
             cause, evidence = describe_nonfinite([loss], self._last_positive, [lr])
@@ -434,20 +413,24 @@ class StreamingDetector:
     # -- valid points: spikes and drops
 
     def _valid_point(self, step: int, loss: float, ctx: dict, lr: float) -> list[Event]:
-        cfg, v, c = self.cfg, self._valid, self._ctx
-        w = cfg.window
-        self._y[v] = math.log(loss)
-        c.step[v], c.epoch[v], c.lr[v], c.index[v] = step, _number(ctx.get("epoch")), lr, self._seen
-        c.tokens[v], c.step_time_s[v] = _number(ctx.get("tokens")), _number(ctx.get("step_time_s"))
-        self._valid = n = v + 1
-        if n >= w:
-            self._m[n - w] = window_median([self._y[j] for j in range(n - w, n)])
+        cfg, y, w = self.cfg, self._y, self.cfg.window
+        if len(y) >= 2 * self._keep:
+            self._forget(len(y) - self._keep)
+        y.append(math.log(loss))
+        for name, value in zip(self.CONTEXT, (step, _number(ctx.get("epoch")), lr, _number(ctx.get("tokens")), _number(ctx.get("step_time_s")), self._seen)):
+            self._ctx[name].append(value)
+        if len(y) >= w:
+            self._m.append(window_median(y[-w:]))
+        n, base = len(y), self._base  # n: list position of the next point; base + n: valid points seen
         events = self._spike(n - SPIKE_SPAN + 1)
-        events += self._epoch_candidate(n - 2 * w)
+        if base + n - 2 * w >= 2 * w:
+            events += self._epoch_candidate(n - 2 * w)
         for s in cfg.scales:
-            if 2 * s <= n - 2 * s < FRESH_WINDOWS * s:  # fresh phase: the right-hand trend counts too
+            if 2 * s <= base + n - 2 * s < FRESH_WINDOWS * s:  # fresh phase: the right-hand trend counts too
                 events += self._drop_candidate(n - 2 * s, s, 2 * s)
-            if n - s >= max(FRESH_WINDOWS, 2) * s:
+            elif (s, 2 * s) in self._clusters:  # the fresh phase is over; its last cluster closes in time
+                events += self._close_if_due(n - 2 * s, s, 2 * s)
+            if base + n - s >= max(FRESH_WINDOWS, 2) * s:
                 events += self._drop_candidate(n - s, s, s)
         return events
 
@@ -455,24 +438,31 @@ class StreamingDetector:
         return np.abs(np.diff(self._y[max(c - NOISE_POINTS, 0) : c]))
 
     def _spike(self, a: int) -> list[Event]:
-        w = self.cfg.window
-        if a < w or self._y[a] - self._m[a - w] < math.log1p(self.cfg.spike_rise):
+        w, y, m = self.cfg.window, self._y, self._m
+        if self._base + a < w or y[a] - m[a - w] < math.log1p(self.cfg.spike_rise):
             return []
-        sigma, base = np.atleast_1d(noise_scale(self._abs_diffs(a))), np.array([self._m[a - w]])
-        found, points_up, peak = spike_rule(self._y[a - 1 : a + SPIKE_SPAN - 1][None, :], base, sigma, self.cfg)
+        sigma, base = np.atleast_1d(noise_scale(self._abs_diffs(a))), np.array([m[a - w]])
+        found, points_up, peak = spike_rule(np.array(y[a - 1 : a + SPIKE_SPAN - 1])[None, :], base, sigma, self.cfg)
         if not found[0]:
             return []
-        return [spike_event(a, int(points_up[0]), float(base[0]), float(peak[0]), float(sigma[0]), self._ctx.step, int(self._ctx.index[a]))]
+        return [spike_event(a, int(points_up[0]), float(base[0]), float(peak[0]), float(sigma[0]), self._ctx["step"], self._ctx["index"][a])]
+
+    def _close_if_due(self, c: int, s: int, lag: int) -> list[Event]:
+        """Close the open cluster of (s, lag) if candidate c is past its end."""
+        cluster = self._clusters.get((s, lag))
+        if cluster is None or c < cluster.closes_at(s):
+            return []
+        found = close_cluster(cluster, self._y, self._ctx["step"], s, lag, self.cfg, len(self._y))
+        del self._clusters[(s, lag)]
+        self._refractory[(s, lag)] = found[1] + s
+        return self._report_drop(found)
 
     def _drop_candidate(self, c: int, s: int, lag: int) -> list[Event]:
         """Evaluate candidate c at scale s, now that the `lag` points from c have arrived."""
-        cfg, events, path = self.cfg, [], (s, lag)
+        cfg, path = self.cfg, (s, lag)
+        events = self._close_if_due(c, s, lag)
         cluster = self._clusters.get(path)
-        if cluster is not None and c >= cluster.closes_at(s):
-            found = close_cluster(cluster, self._y, self._ctx.step, s, lag, cfg, self._valid)
-            self._clusters[path], self._refractory[path], cluster = None, found[1] + s, None
-            events += self._report_drop(found)
-        kind, z, fall, L, R = candidates(c, lag, self._m, lambda at: noise_scale(self._abs_diffs(at)), self._ctx.epoch, s, cfg)
+        kind, z, fall, L, R = candidates(c, lag, self._m, lambda at: noise_scale(self._abs_diffs(at)), self._ctx["epoch"], s, cfg)
         if not continues(kind, z, cfg):
             return events
         kind = int(kind)
@@ -483,33 +473,49 @@ class StreamingDetector:
         return events
 
     def _epoch_candidate(self, c: int) -> list[Event]:
-        if c < 2 * self.cfg.window or not epoch_crossing(self._ctx.epoch[c - 1], self._ctx.epoch[c]):
+        epoch = self._ctx["epoch"]
+        if not epoch_crossing(epoch[c - 1], epoch[c]):
             return []
-        found = epoch_drop(c, self._y, self._m, self._abs_diffs(c), self._ctx.step, self.cfg)
+        found = epoch_drop(c, self._y, self._m, self._abs_diffs(c), self._ctx["step"], self.cfg)
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found) -> list[Event]:
         scale, boundary, _, event = found
-        if overlaps(self._kept, scale, boundary, event.kind) or into_stall(self._ctx.index[boundary], self._stalls):
+        if overlaps(self._kept, scale, boundary, event.kind) or into_stall(self._ctx["index"][boundary], self._stalls):
             return []
         self._kept.append((scale, boundary, event.kind))
         cfg = self.cfg
-        lo, hi = max(boundary - 2 * cfg.window, 0), min(boundary + cfg.window, self._valid)
+        lo, hi = max(boundary - 2 * cfg.window, 0), min(boundary + cfg.window, len(self._y))
+        window = SimpleNamespace(**{name: np.array(values[lo:hi]) for name, values in self._ctx.items()})
         evals = np.array(self._evals, dtype=np.float64).reshape(-1, 2)
         restarts = np.array(self._restarts, dtype=np.int64)
-        context = drop_context(self._ctx.window(lo, hi), slice(None), boundary - lo, event, cfg, evals[:, 0].astype(np.int64), evals[:, 1], restarts, self._nonfinite)
+        context = drop_context(window, slice(None), boundary - lo, event, cfg, evals[:, 0].astype(np.int64), evals[:, 1], restarts, self._nonfinite)
         context.other_drops = list(self._drops)
-        event.index = int(self._ctx.index[boundary])
+        event.index = self._ctx["index"][boundary]
         event.cause, event.evidence = explain_drop(context)
         self._drops.append((event.step, math.log(event.level_before), math.log(event.level_after)))
         return [event]
 
+    def _forget(self, count: int):
+        """Drop the oldest `count` valid points; list positions shift down by `count`."""
+        del self._y[:count], self._m[:count]
+        for values in self._ctx.values():
+            del values[:count]
+        self._base += count
+        for cluster in self._clusters.values():
+            cluster.first, cluster.last, cluster.best = cluster.first - count, cluster.last - count, cluster.best - count
+        self._refractory = {path: r - count for path, r in self._refractory.items()}
+        self._kept = deque(((s, b - count, k) for s, b, k in self._kept), maxlen=self._kept.maxlen)
+
     def _restart(self, step: int):
         """The log went back (a resumed run): forget what was buffered from `step` on."""
         self._restarts.append(step)
-        while self._valid > 0 and self._ctx.step[self._valid - 1] >= step:
-            self._valid -= 1
-        self._kept = deque((k for k in self._kept if k[1] < self._valid), maxlen=self._kept.maxlen)
+        steps = self._ctx["step"]
+        while steps and steps[-1] >= step:
+            for values in (self._y, *self._ctx.values()):
+                values.pop()
+        del self._m[max(len(self._y) - self.cfg.window + 1, 0) :]
+        self._kept = deque((k for k in self._kept if k[1] < len(self._y)), maxlen=self._kept.maxlen)
         self._clusters = {}
         self._previous_loss, self._same_run, self._zero_run = math.nan, 1, 0
         self._stall_open = self._bad_open = False

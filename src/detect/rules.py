@@ -135,30 +135,41 @@ def noise_scale(abs_diffs: np.ndarray) -> np.ndarray:
     return np.maximum(np.median(abs_diffs, axis=-1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
 
 
-def drop_shape(L, Lc, R, cfg: Settings, Rc=None):
+def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
     """(fall, level_before, plausible) of a candidate, without any noise estimate.
 
-    The fall is the change across the candidate beyond the change |L - Lc| over the
-    comparable stretch on the left (and |Rc - R| on the right, when Rc is given): a trend or
-    a bump that returns explains that much of it away. level_before is the level the loss
-    had, net of that (so rel_drop = 1 - exp(-fall) = 1 - level_after/level_before).
-    Plausible: at least a small drop, and at least `trend_ratio` times the comparable change.
-    Works on scalars and arrays alike.
+    Plausible: at least a small drop, and at least `trend_ratio` times the change over the
+    comparable stretch on the left, |L - Lc| (and on the right, |Rc - R|, when Rc is given),
+    so that neither a steady descent nor a bump that returns passes. The fall counts only
+    beyond what explains part of it: a descent around it, or a bump just before it (a rise
+    from Lc to L that the stretch before, Lcc to Lc, did not already show; a steady ramp, as
+    in a saw-tooth or a memorising epoch, is no bump). level_before is the level net of that
+    (rel_drop = 1 - exp(-fall) = 1 - level_after/level_before). Scalars and arrays alike.
     """
-    trend = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
-    return _shape(L, R, trend, cfg)
+    change = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
+    descent = positive(Lc - L) if Rc is None else larger(positive(Lc - L), positive(R - Rc))
+    return _shape(L, R, change, descent + bump(Lcc, Lc, L), cfg)
 
 
-def epoch_shape(L, Lc, R, Rc, cfg: Settings):
-    """drop_shape for a candidate at an epoch boundary: only a rise counts on the left, since a
-    descent there may be the fresh fine-tune's early descent rather than a trend."""
-    rise = (L - Lc) * ((L - Lc) > 0)
-    return _shape(L, R, larger(rise, abs(Rc - R)), cfg)
+def epoch_shape(Lcc, Lc, L, R, Rc, cfg: Settings):
+    """drop_shape for a candidate at an epoch boundary: the left side counts only if it rose,
+    since a descent there may be the fresh fine-tune's early descent, not a trend."""
+    return _shape(L, R, larger(positive(L - Lc), abs(Rc - R)), positive(R - Rc) + bump(Lcc, Lc, L), cfg)
 
 
-def _shape(L, R, trend, cfg: Settings):
-    fall = (L - R) - trend
-    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (trend * cfg.trend_ratio <= L - R)
+def bump(Lcc, Lc, L):
+    """How much L stands above Lc beyond the rise that led up to Lc."""
+    return positive(positive(L - Lc) - positive(Lc - Lcc))
+
+
+def positive(x):
+    """max(x, 0) for scalars and arrays alike."""
+    return x * (x > 0)
+
+
+def _shape(L, R, change, descent, cfg: Settings):
+    fall = (L - R) - descent
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (change * cfg.trend_ratio <= L - R)
     return fall, R + fall, plausible
 
 
@@ -183,6 +194,10 @@ def score_scale(s: int) -> float:
 
 def epoch_crossing(epoch_before, epoch_after):
     """Whether an epoch ends between two points (epoch 1.0 is the last point of epoch 1)."""
+    if isinstance(epoch_before, float):  # one pair (the streaming face): stay in plain Python
+        if epoch_before != epoch_before or epoch_after != epoch_after:  # nan
+            return False
+        return math.ceil(epoch_after - 1e-9) > math.ceil(epoch_before - 1e-9)
     return np.ceil(np.asarray(epoch_after) - 1e-9) > np.ceil(np.asarray(epoch_before) - 1e-9)
 
 
@@ -253,8 +268,10 @@ class Cluster:
             self.best, self.kind, self.z, self.fall, self.level_before, self.level_after = c, kind, z, fall, L, R
 
     def closes_at(self, scale: int) -> int:
-        """The first candidate index whose evaluation ends this cluster."""
-        return min(self.last + CLUSTER_GAP + 1, self.first + scale)
+        """The first candidate index whose evaluation ends this cluster: after CLUSTER_GAP
+        candidates that fail, or once it spans half a window (a drop makes candidates pass
+        from about half a window before it, so the drop is inside by then)."""
+        return min(self.last + CLUSTER_GAP + 1, self.first + scale // 2 + 2)
 
 
 def drop_event(cluster: Cluster, step: int, detected_step: int) -> Event:
