@@ -43,7 +43,7 @@ def slim_wheel(wheel: Path, out_dir: Path, cuda_versions: set[str]) -> tuple[Pat
     target = out_dir / wheel.name
     if target.resolve() == wheel.resolve():
         raise SystemExit(f"{wheel} would be overwritten; give -o another folder.")
-    dropped, records = [], []
+    dropped, records, kept_cuda = [], [], []
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
         record_name = next((n for n in src.namelist() if n.endswith(".dist-info/RECORD")), None)
         if record_name is None:
@@ -55,11 +55,12 @@ def slim_wheel(wheel: Path, out_dir: Path, cuda_versions: set[str]) -> tuple[Pat
                 dropped.append(info.filename)
                 continue
             data = src.read(info.filename)
+            if "cuda" in info.filename and NATIVE.search(info.filename):
+                kept_cuda.append(info.filename)
             dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)  # keeps the file mode bits
             records.append(record_line(info.filename, data))
         records.append(f"{record_name},,")
         dst.writestr(src.getinfo(record_name), "\n".join(records) + "\n", compress_type=zipfile.ZIP_DEFLATED)
-    kept_cuda = [n for n in src.namelist() if "cuda" in n and NATIVE.search(n) and n not in dropped]
     if not kept_cuda:
         print(f"warning: {wheel.name} has no CUDA build {', '.join(sorted(cuda_versions))}: "
               f"the slim wheel runs on the CPU only", file=sys.stderr)
