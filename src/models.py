@@ -23,13 +23,15 @@ def checkpoint_path(cfg: DictConfig) -> str:
     if source == "hub":
         return cfg.model.name_or_path
     target = Path(cfg.cache_dir).expanduser() / "models" / cfg.model.name
-    if source == "tiny_random":
-        target = target.with_name(f"{cfg.model.name}-{_tiny_key(cfg.model.tiny)}")
+    if source in ("tiny_random", "random_init"):
+        shapes = [cfg.model.tiny] + ([cfg.model.arch_config] if "arch_config" in cfg.model else [])
+        target = target.with_name("-".join([cfg.model.name] + [_tiny_key(shape) for shape in shapes]))
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # parallel jobs build it once
         if not (target / "config.json").exists():
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-            {"smollm2_package": _convert_smollm2, "tiny_random": _make_tiny_neox}[source](cfg, tmp)
+            {"smollm2_package": _convert_smollm2, "tiny_random": _make_tiny_neox,
+             "random_init": _make_tiny_neox}[source](cfg, tmp)
             tmp.rename(target)
     return str(target)
 
@@ -77,12 +79,15 @@ def _make_tiny_neox(cfg: DictConfig, out: Path) -> None:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                         unk_token="<unk>", pad_token="<pad>")
     torch.manual_seed(tiny.seed)
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=tiny.hidden_size,
-                           num_hidden_layers=tiny.num_hidden_layers, num_attention_heads=tiny.num_attention_heads,
-                           intermediate_size=tiny.intermediate_size, max_position_embeddings=256,
-                           eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    shape = dict(vocab_size=len(tokenizer), hidden_size=tiny.hidden_size,
+                 num_hidden_layers=tiny.num_hidden_layers, num_attention_heads=tiny.num_attention_heads,
+                 intermediate_size=tiny.intermediate_size, max_position_embeddings=256)
+    # source random_init: a real model's shape (arch_config: GPTNeoXConfig fields, dtype as saved), same tokenizer
+    shape |= OmegaConf.to_container(cfg.model.arch_config) if "arch_config" in cfg.model else {}
+    dtype = DTYPES[shape.pop("dtype", "float32")]
+    config = GPTNeoXConfig(**shape, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
                            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    GPTNeoXForCausalLM(config).save_pretrained(out)
+    GPTNeoXForCausalLM(config).to(dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
