@@ -16,6 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from src.detect.causes import DropContext, describe_nonfinite, describe_stall, explain_drop
 from src.detect.rules import (
+    EPOCH_MIN_POINTS,
     FRESH_WINDOWS,
     NOISE_POINTS,
     SPIKE_SPAN,
@@ -29,6 +30,7 @@ from src.detect.rules import (
     drop_shape,
     epoch_crossing,
     epoch_shape,
+    epoch_window,
     level,
     noise_scale,
     score_scale,
@@ -52,7 +54,7 @@ def detect(curve, **settings) -> list[Event]:
     diffs = np.abs(np.diff(y))
     steps, epoch = curve.step[index], curve.epoch[index]
     events += spikes(y, m, diffs, steps, cfg, index)
-    found = epoch_drops(y, m, diffs, epoch, steps, cfg)
+    found = epoch_drops(y, diffs, epoch, steps, cfg)
     for scale in cfg.scales:
         found += drops_at_scale(y, m, diffs, epoch, steps, scale, cfg)
     stalls = [e.index for e in events if e.kind == "stall"]
@@ -146,27 +148,38 @@ def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, a
     return s, boundary, decided, drop_event(cluster, int(steps[boundary]), int(steps[decided]))
 
 
-def epoch_drops(y, m, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
-    """Drops exactly at epoch boundaries, judged with the right-hand trend (epoch_shape)."""
-    s, n = cfg.window, len(y)
-    c = np.flatnonzero(epoch_crossing(epoch[:-1], epoch[1:])) + 1
-    found = [epoch_drop(ci, y, m, diffs[max(ci - NOISE_POINTS, 0) : ci - 1], steps, cfg) for ci in c.tolist() if 2 * s <= ci <= n - 2 * s]
+def epoch_drops(y, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
+    """Drops at epoch boundaries, tested with windows inside the epochs on either side."""
+    n = len(y)
+    crossings = (np.flatnonzero(epoch_crossing(epoch[:-1], epoch[1:])) + 1).tolist()
+    found = []
+    for i, c in enumerate(crossings):
+        k = epoch_window(c, crossings[i - 1] if i else 0, cfg)
+        following = crossings[i + 1] if i + 1 < len(crossings) else None
+        right_end = min(following or n, n)
+        if k < EPOCH_MIN_POINTS or right_end < c + k:
+            continue
+        if right_end >= c + 2 * k:
+            decided = c + 2 * k - 1
+        else:  # the streaming face decides when the next epoch begins, or at the end
+            decided = following if following is not None and following < c + 2 * k else n - 1
+        found.append(epoch_drop(c, k, y, diffs[max(c - NOISE_POINTS, 0) : c - 1], steps, right_end, decided, cfg))
     return [f for f in found if f]
 
 
-def epoch_drop(c: int, y, m, abs_diffs: np.ndarray, steps, cfg: Settings):
-    """The epoch-boundary drop at c, or None (shared by both faces)."""
-    s = cfg.window
-    fall, L, plausible = epoch_shape(m[c - 3 * s] if c >= 3 * s else m[c - 2 * s], m[c - 2 * s], m[c - s], m[c], m[c + s], cfg)
-    R = m[c]
+def epoch_drop(c: int, k: int, y, abs_diffs: np.ndarray, steps, right_end: int, decided: int, cfg: Settings):
+    """The drop at the epoch boundary c (k points per window; the new epoch's points known so
+    far end at right_end), or None. Shared by both faces."""
+    Lc, L, R = window_median(y[c - 2 * k : c - k]), window_median(y[c - k : c]), window_median(y[c : c + k])
+    Rc = window_median(y[c + k : c + 2 * k]) if right_end >= c + 2 * k else None
+    fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg)
     if not plausible:
         return None
-    z = float(fall / (noise_scale(abs_diffs) * score_scale(s)))
+    z = float(fall / (noise_scale(abs_diffs) * score_scale(k)))
     kind = int(drop_kind(fall, z, True, cfg))
     if not kind:
         return None
-    decided = c + 2 * s - 1
-    return s, c, decided, drop_event(Cluster(c, c, c, kind, z, fall, L, R), int(steps[c]), int(steps[decided]))
+    return cfg.window, c, decided, drop_event(Cluster(c, c, c, kind, z, fall, before, after), int(steps[c]), int(steps[decided]))
 
 
 def keep_first_decided(found: list[tuple]) -> list[tuple[int, Event]]:
@@ -340,6 +353,7 @@ class StreamingDetector:
         self._y, self._m = [], []  # log-loss of valid points, and window medians
         self._ctx = {name: [] for name in self.CONTEXT}
         self._base = 0  # how many valid points have been dropped from the front of the lists
+        self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k) to test
         self._seen = 0  # all points seen
         self._clusters: dict[tuple[int, int], Cluster] = {}  # open cluster per (scale, lag)
         self._refractory: dict[tuple[int, int], int] = {}
@@ -374,7 +388,12 @@ class StreamingDetector:
     def finish(self) -> list[Event]:
         """Decide what is still open (drops near the end of the curve)."""
         events = []
-        for (s, lag), cluster in sorted(self._clusters.items()):
+        if self._epoch_pending is not None:
+            c, k = self._epoch_pending[0] - self._base, self._epoch_pending[1]
+            self._epoch_pending = None
+            if len(self._y) >= c + k:
+                events += self._epoch_test(c, k, len(self._y), len(self._y) - 1)
+        for (s, lag), cluster in sorted(self._clusters.items(), key=lambda item: (item[0][0], -item[0][1])):
             events += self._report_drop(close_cluster(cluster, self._y, self._ctx["step"], s, lag, self.cfg, len(self._y)))
         self._clusters = {}
         return events
@@ -422,9 +441,7 @@ class StreamingDetector:
         if len(y) >= w:
             self._m.append(window_median(y[-w:]))
         n, base = len(y), self._base  # n: list position of the next point; base + n: valid points seen
-        events = self._spike(n - SPIKE_SPAN + 1)
-        if base + n - 2 * w >= 2 * w:
-            events += self._epoch_candidate(n - 2 * w)
+        events = self._spike(n - SPIKE_SPAN + 1) + self._epoch_boundary(n)
         for s in cfg.scales:
             if 2 * s <= base + n - 2 * s < FRESH_WINDOWS * s:  # fresh phase: the right-hand trend counts too
                 events += self._drop_candidate(n - 2 * s, s, 2 * s)
@@ -472,11 +489,26 @@ class StreamingDetector:
             self._clusters[path] = Cluster(c, c, c, kind, z, fall, L, R)
         return events
 
-    def _epoch_candidate(self, c: int) -> list[Event]:
-        epoch = self._ctx["epoch"]
-        if not epoch_crossing(epoch[c - 1], epoch[c]):
-            return []
-        found = epoch_drop(c, self._y, self._m, self._abs_diffs(c), self._ctx["step"], self.cfg)
+    def _epoch_boundary(self, n: int) -> list[Event]:
+        """Test the last epoch boundary once its windows are complete (or the next epoch began)."""
+        epoch, events = self._ctx["epoch"], []
+        crossing = n >= 2 and epoch_crossing(epoch[n - 2], epoch[n - 1])
+        if self._epoch_pending is not None:
+            c, k = self._epoch_pending[0] - self._base, self._epoch_pending[1]
+            if crossing or n == c + 2 * k:
+                self._epoch_pending = None
+                if n - (crossing and n - 1 < c + 2 * k) >= c + k:
+                    events += self._epoch_test(c, k, n - 1 if crossing and n - 1 < c + 2 * k else n, n - 1)
+        if crossing:
+            c = n - 1
+            k = epoch_window(self._base + c, self._epoch_start, self.cfg)
+            self._epoch_start = self._base + c
+            if k >= EPOCH_MIN_POINTS:
+                self._epoch_pending = (self._base + c, k)
+        return events
+
+    def _epoch_test(self, c: int, k: int, right_end: int, decided: int) -> list[Event]:
+        found = epoch_drop(c, k, self._y, self._abs_diffs(c), self._ctx["step"], right_end, decided, self.cfg)
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found) -> list[Event]:

@@ -36,6 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 NOISE_POINTS = 48  # point-to-point differences behind a candidate that estimate its noise
 NOISE_FLOOR = 1e-3  # log units: a perfectly smooth curve still needs a finite scale
 CLUSTER_GAP = 2  # candidates this close belong to the same event
+EPOCH_MIN_POINTS = 3  # an epoch-boundary test needs this many points per window
 FRESH_WINDOWS = 8  # a fine-tune's first windows may be its fast early descent: judge both sides
 CONTINUE_FRACTION = 0.5  # a cluster goes on through candidates at half the score it needs
 SPIKE_MAX_POINTS = 3  # longer upward excursions are not spikes
@@ -51,7 +52,7 @@ class Settings:
     drop_threshold: float = 0.15
     small_drop_threshold: float = 0.05
     min_score: float = 4.0
-    epoch_min_score: float = 3.0
+    epoch_min_score: float = 2.5
     trend_ratio: float = 2.0
     window: int = 7
     spike_rise: float = 1.0
@@ -151,10 +152,30 @@ def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
     return _shape(L, R, change, descent + bump(Lcc, Lc, L), cfg)
 
 
-def epoch_shape(Lcc, Lc, L, R, Rc, cfg: Settings):
-    """drop_shape for a candidate at an epoch boundary: the left side counts only if it rose,
-    since a descent there may be the fresh fine-tune's early descent, not a trend."""
-    return _shape(L, R, larger(positive(L - Lc), abs(Rc - R)), positive(R - Rc) + bump(Lcc, Lc, L), cfg)
+def epoch_shape(Lc, L, R, Rc, cfg: Settings):
+    """(fall, level_before, level_after, plausible) at a boundary between epochs, with windows
+    inside the two epochs (Rc may be None: the new epoch is too short, or the curve ends).
+
+    A memorising epoch creeps up, so its half-epoch medians understate how much lower the new
+    epoch starts than the old one ended: where the loss rises inside an epoch, the levels are
+    carried from the window centres to the boundary along that rise. On the left only a rise
+    counts as the comparable change; a descent there may be the fresh fine-tune's early
+    descent, not a trend. A descent after the boundary is subtracted, as in drop_shape.
+    """
+    rise_left = positive(L - Lc)
+    rise_right = 0.0 if Rc is None else positive(Rc - R)
+    change = rise_left if Rc is None else larger(rise_left, abs(Rc - R))
+    descent = 0.0 if Rc is None else positive(R - Rc)
+    after = R - rise_right * 0.5
+    fall = (L + rise_left * 0.5 - after) - descent
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (change * cfg.trend_ratio <= fall + descent)
+    return fall, after + fall, after, plausible
+
+
+def epoch_window(c: int, epoch_start: int, cfg: Settings) -> int:
+    """Points per window for the boundary test at c: up to `window`, and at most half of the
+    epoch that ends there (so that both left windows lie inside it)."""
+    return min(cfg.window, (c - epoch_start) // 2)
 
 
 def bump(Lcc, Lc, L):
