@@ -162,6 +162,8 @@ class Job:
             callbacks = [stream]
         result = train_model(cfg, model, tokenizer, train_set, eval_set, self.device,
                              str(self.run_dir / "trainer"), callbacks)
+        self.summary["train_peak_mem_gb"] = round(peak_memory_gb(self.device), 3)  # before generation's copies
+        model.save_pretrained(str(self.run_dir / "adapter"))  # for `python -m src.generate RUN_DIR "prompt"`
         losses = [r["loss"] for r in stream.rows if "loss" in r]
         finite = [x for x in losses if x == x and abs(x) != float("inf")]
         evals = [r["eval_loss"] for r in stream.rows if "eval_loss" in r]
@@ -176,6 +178,7 @@ class Job:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         })
         gen = cfg.train.generation
-        self.summary.update(generation_speed(model, tokenizer, gen.prompt, gen.max_new_tokens, self.device))
+        self.summary.update(generation_speed(model, tokenizer, gen.prompt, gen.max_new_tokens, self.device,
+                                             fast=bool(gen.get("fast", False))))
         self.summary["peak_mem_gb"] = round(peak_memory_gb(self.device), 3)
         self.summary["peak_mem_kind"] = "cuda_allocated" if self.device == "cuda" else "process_rss"

@@ -1,7 +1,6 @@
 """Training: the HF Trainer with LoRA, metrics streamed to the loggers step by step."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -17,8 +16,9 @@ class MetricsStream(TrainerCallback):
     def __init__(self, sink: Callable[[dict], None], print_every: int = 10):
         self.sink = sink
         self.print_every = print_every
-        self._step_started = None
+        self._step_started = self._step_ended = None
         self.step_time_s = None
+        self.step_period_s = None  # end to end: the step plus the previous step's logging, callbacks, next batch
         self.rows: list[dict] = []
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -26,7 +26,12 @@ class MetricsStream(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._step_started is not None:
-            self.step_time_s = time.perf_counter() - self._step_started
+            if args.device.type == "cuda":  # the GPU's time for the step, not the time to queue its kernels
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            self.step_time_s = now - self._step_started
+            self.step_period_s = now - self._step_ended if self._step_ended is not None else None
+            self._step_ended = now
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -34,7 +39,7 @@ class MetricsStream(TrainerCallback):
             row = {"step": state.global_step, "loss": float(logs["loss"]), "epoch": logs.get("epoch", state.epoch),
                    "lr": logs.get("learning_rate"), "grad_norm": _float(logs.get("grad_norm")),
                    "tokens": int(state.num_input_tokens_seen) if state.num_input_tokens_seen else None,
-                   "step_time_s": self.step_time_s}
+                   "step_time_s": self.step_time_s, "step_period_s": self.step_period_s}
         elif "eval_loss" in logs:
             row = {"step": state.global_step, "eval_loss": float(logs["eval_loss"]), "epoch": logs.get("epoch")}
         else:  # the closing train_runtime/train_loss record
@@ -100,21 +105,10 @@ def train_model(cfg, model, tokenizer, train_set, eval_set, device, output_dir, 
             "tokens": int(trainer.state.num_input_tokens_seen or 0)}
 
 
-@torch.no_grad()
-def generation_speed(model, tokenizer, prompt: str, max_new_tokens: int, device: str) -> dict:
-    """New tokens per second and seconds per answer for one fixed prompt (greedy, batch 1)."""
-    model.eval()
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    kwargs = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    model.generate(**inputs, max_new_tokens=2, **kwargs)  # warm-up: first-call overheads stay out
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    new_tokens = int(output.shape[1] - inputs["input_ids"].shape[1])
-    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return {"gen_tokens_per_s": new_tokens / seconds if seconds > 0 else math.nan, "gen_s_per_answer": seconds,
-            "gen_new_tokens": new_tokens, "gen_answer": answer.strip()}
+def generation_speed(model, tokenizer, prompt: str, max_new_tokens: int, device: str, fast: bool = False) -> dict:
+    """New tokens per second and seconds per answer for one fixed prompt (greedy, batch 1); with `fast`,
+    also the fast path for trying the model (merged adapter, static cache, compiled decoding) and
+    whether its tokens match. Both live in src/generate.py."""
+    from src.generate import generation_summary
+
+    return generation_summary(model, tokenizer, prompt, max_new_tokens, fast=fast)
