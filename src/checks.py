@@ -26,14 +26,11 @@ def check_quant(quant: DictConfig, device: str) -> None:
         raise ConfigError(f"quant.quant_type={quant.quant_type} is not a 4-bit type; use nf4 or fp4.")
     if quant.compute_dtype not in DTYPES:
         raise ConfigError(f"quant.compute_dtype={quant.compute_dtype} is unknown; use one of {', '.join(DTYPES)}.")
-    if device == "cpu" and quant.compute_dtype == "float16":
-        raise ConfigError("quant.compute_dtype=float16 cannot train on the CPU (fp16 mixed precision needs a GPU); "
-                          "use quant.compute_dtype=bfloat16 or float32, or run with device=cuda.")
-    if device == "cuda" and quant.compute_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"quant.compute_dtype=bfloat16 is not supported by {torch.cuda.get_device_name(0)}; "
-                          f"use quant.compute_dtype=float16.")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto.")
+    if device == "cuda" and quant.compute_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"quant.compute_dtype=bfloat16 is not supported by {torch.cuda.get_device_name(0)} "
+                          f"(bf16 needs compute capability 8.0+); use quant.compute_dtype=float16.")
 
 
 def check_lora(cfg: DictConfig) -> None:

@@ -1,5 +1,6 @@
 """Invalid combinations fail at start-up with one sentence that names the fix."""
 import pytest
+import torch
 
 from src.checks import check_config
 from src.errors import ConfigError
@@ -13,7 +14,7 @@ INVALID = [
     (["lora.target_modules=[q_proj,attn_out]"], "lora.target_modules q_proj, attn_out not found in model=tiny_neox; "
                                                 "its linear layers are: dense, dense_4h_to_h, dense_h_to_4h, "
                                                 "lm_head, query_key_value"),
-    (["quant.compute_dtype=float16"], "quant.compute_dtype=float16 cannot train on the CPU"),
+    (["quant.compute_dtype=float8"], "quant.compute_dtype=float8 is unknown; use one of float32, bfloat16, float16"),
     (["data.path=/nonexistent/facts.jsonl"], "data.path=/nonexistent/facts.jsonl does not exist"),
     (["train.optimizer=paged_adamw_8bit"], "needs a GPU"),
 ]
@@ -26,6 +27,12 @@ def test_invalid_combination_gives_its_sentence(overrides, sentence):
         check_config(cfg, "cpu")
     assert sentence in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the sentence for a machine without a GPU")
+def test_cuda_requested_without_a_gpu():
+    with pytest.raises(ConfigError, match="device=cuda but no CUDA GPU is visible; use device=cpu or device=auto"):
+        check_config(compose_config(["model=tiny_neox", "device=cuda"]), "cuda")
 
 
 def test_dataset_without_the_fields_names_them(tmp_path):
