@@ -76,7 +76,9 @@ def training_arguments(cfg: DictConfig, device: str, output_dir: str) -> Trainin
         seed=train.seed,
         data_seed=train.seed,
         logging_steps=train.logging_steps,
-        logging_nan_inf_filter=False,  # the HF default logs a NaN step as 0.0: exactly what we diagnose
+        # The HF default (True) logs a NaN step as 0.0 or as the running mean: exactly what we diagnose.
+        # Only case studies turn it on, to show what a user of the default Trainer would have seen.
+        logging_nan_inf_filter=bool(train.nan_inf_filter),
         eval_strategy="steps" if eval_every > 0 else "no",
         eval_steps=eval_every if eval_every > 0 else None,
         save_strategy="no",
