@@ -16,6 +16,10 @@ logging, and optional epochs and eval rows. On top, one family of anomaly per cu
     stall          loss frozen and grad_norm exactly 0 after an eval pass (bitsandbytes freeze)
     resume         resumed run that replays data: steps go back and the level falls
 
+`smollm2_staircase` rebuilds the staircase measured on SmolLM2-135M (DESIGN.md): 6 epochs
+of 12 logged steps, epoch medians 1.5 -> 1.2 -> 0.95 -> 0.81 -> 0.75 -> 0.65, creeping up
+inside each epoch, after a fast first descent.
+
 `truth` lists what a detector should report. A drop whose true size is close to the 15%
 line is marked unscored: reporting it as a drop or as a small drop are both right.
 """
@@ -281,3 +285,27 @@ def _resume(rng, base: _Base, case: Case) -> Case:
     case.curve = Curve.from_records(first_run + resumed, source="synthetic")
     _add_drop(case, start, size, "resume")
     return case
+
+
+SMOLLM2_EPOCH_MEDIANS = (1.5, 1.2, 0.95, 0.81, 0.75, 0.65)
+
+
+def smollm2_staircase(seed: int, noise: float = 0.06, steps_per_epoch: int = 12, creep: float = 0.12) -> Case:
+    """The memorisation staircase as measured (see the module docstring); noise in log units."""
+    rng = np.random.default_rng(seed)
+    loss, epoch = [], []
+    for e, median in enumerate(SMOLLM2_EPOCH_MEDIANS):
+        for i in range(steps_per_epoch):
+            level = median * (1 + creep * (i / (steps_per_epoch - 1) - 0.5))
+            if e == 0 and i < 3:  # the first steps of a fresh fine-tune come down fast
+                level = (2.6, 2.0, 1.7)[i]
+            loss.append(level * math.exp(noise * rng.standard_normal()))
+            epoch.append((e * steps_per_epoch + i + 1) / steps_per_epoch)
+    n = len(loss)
+    ends = np.arange(steps_per_epoch, n + 1, steps_per_epoch)
+    curve = Curve(
+        step=np.arange(1, n + 1), loss=np.array(loss), epoch=np.array(epoch), lr=3e-3 * np.linspace(1, 0.02, n),
+        eval_step=ends, eval_loss=1.6 + 0.04 * np.arange(len(ends)),  # eval loss does not follow
+    )
+    truth = [Truth("drop", int(b), "epoch_boundary") for b in ends[:-1]]
+    return Case("smollm2_staircase", seed, curve, truth)

@@ -106,7 +106,7 @@ class Curve:
         if skipped:
             notes.append(f"skipped {skipped} rows without a usable step")
         if not train:
-            raise LogFormatError(f"no row has a training loss (looked for {', '.join(LOSS_KEYS)})")
+            raise LogFormatError(f"not a training log: no row has a training loss ({', '.join(LOSS_KEYS)})")
         rows = np.array(train, dtype=np.float64)
         raw_steps = rows[:, 0].astype(np.int64)
         went_back = np.flatnonzero(np.diff(raw_steps) <= 0) + 1

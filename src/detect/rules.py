@@ -91,6 +91,19 @@ class Event:
     detected_step: int | None = None
     index: int = field(default=-1, repr=False, compare=False)  # position in the curve
 
+    def describe(self) -> str:
+        """One line for a terminal or a log."""
+        where = f"step {self.step}" if self.end_step in (None, self.step) else f"steps {self.step}-{self.end_step}"
+        if self.kind in ("drop", "small_drop"):
+            text = f"{self.kind.replace('_', ' ')} at step {self.step}: loss {self.level_before:.4g} -> {self.level_after:.4g} (-{self.rel_drop:.0%})"
+        elif self.kind == "spike":
+            text = f"spike at {where}: loss {self.level_before:.4g} -> {self.level_after:.4g}"
+        else:
+            text = f"{'non-finite loss' if self.kind == 'nonfinite' else self.kind} at {where}"
+        if self.cause:
+            text += f", {self.cause}"
+        return text + (f": {self.evidence[0]}" if self.evidence else "")
+
     def to_dict(self) -> dict:
         """JSON-safe: plain numbers, non-finite numbers as null."""
         out = asdict(self)
@@ -142,13 +155,17 @@ def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
     Plausible: at least a small drop, and at least `trend_ratio` times the change over the
     comparable stretch on the left, |L - Lc| (and on the right, |Rc - R|, when Rc is given),
     so that neither a steady descent nor a bump that returns passes. The fall counts only
-    beyond what explains part of it: a descent around it, or a bump just before it (a rise
+    beyond what explains part of it: a descent around it (per window: from the adjacent
+    stretch, or half the change over the two stretches before), or a bump just before it (a rise
     from Lc to L that the stretch before, Lcc to Lc, did not already show; a steady ramp, as
     in a saw-tooth or a memorising epoch, is no bump). level_before is the level net of that
     (rel_drop = 1 - exp(-fall) = 1 - level_after/level_before). Scalars and arrays alike.
     """
     change = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
-    descent = positive(Lc - L) if Rc is None else larger(positive(Lc - L), positive(R - Rc))
+    # The descent per window, from the adjacent stretch and (less noisy) from two stretches back.
+    descent = larger(positive(Lc - L), positive(Lcc - L) * 0.5)
+    if Rc is not None:
+        descent = larger(descent, positive(R - Rc))
     return _shape(L, R, change, descent + bump(Lcc, Lc, L), cfg)
 
 
