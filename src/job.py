@@ -20,6 +20,7 @@ from src.checks import check_config
 from src.data import build_datasets
 import src.detect as detect_pkg
 from src.errors import ConfigError
+from src import launch
 from src.models import load_model_and_tokenizer
 from src.tracking import DiskLogger, WandbLogger, flatten, write_json
 from src.training import MetricsStream, generation_speed, train_model
@@ -38,9 +39,9 @@ def run_job(cfg: DictConfig) -> dict:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "experiment=", "debug="))]
-    group = Path(hydra_cfg.sweep.dir).name if multirun else run_dir.name
-    summary = Job(cfg, run_dir, group=group, name=",".join(overrides) or "defaults").run()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.", "experiment=", "debug=", "sweep."))]
+    job = Job(cfg, run_dir, group=launch.group(hydra_cfg, run_dir), name=",".join(overrides) or "defaults")
+    summary = launch.run(job, hydra_cfg)  # here, or re-executed in its own process (src/launch.py)
     if summary["status"] == "failed" and not multirun:
         sys.exit(1)
     return summary
