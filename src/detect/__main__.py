@@ -67,7 +67,7 @@ def print_table(path, curve, events, notes) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # piped output: do not fold at 80
     span = f"steps {curve.step[0]}-{curve.step[-1]}" if len(curve) else "no steps"
     console.print(f"[bold]{path}[/bold]: {curve.source}, {len(curve)} logged points ({span}), {len(curve.eval_step)} eval points")
     for note in notes:
@@ -75,20 +75,24 @@ def print_table(path, curve, events, notes) -> None:
     if not events:
         console.print("No anomalies found.", style="green")
         return
-    table = Table(show_lines=False)
-    for column in ("kind", "step", "severity", "change", "loss before -> after", "cause", "evidence"):
-        table.add_column(column, overflow="fold")
+    table = Table()
+    for column in ("kind", "step", "severity", "loss", "cause"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("evidence", overflow="fold")
     for e in events:
-        if e.rel_drop is not None:
-            change = f"-{e.rel_drop:.0%}"
-        elif e.kind == "spike" and e.level_before:
-            change = f"x{e.level_after / e.level_before:.1f}"
-        else:
-            change = f"{int(e.score)} pts" if e.score else ""
-        levels = f"{e.level_before:.4g} -> {e.level_after:.4g}" if e.level_before is not None else ""
         step = str(e.step) if e.end_step in (None, e.step) else f"{e.step}-{e.end_step}"
-        table.add_row(e.kind, step, e.severity, change, levels, e.cause or "", "; ".join(e.evidence))
+        table.add_row(e.kind, step, e.severity, change_of(e), e.cause or "", "; ".join(e.evidence))
     console.print(table)
+
+
+def change_of(event) -> str:
+    """'1.59 -> 1.13 (-29%)' for drops, '0.8 -> 3.9 (x4.9)' for spikes, '12 points' otherwise."""
+    if event.level_before is None:
+        return f"{int(event.score)} points" if event.score else ""
+    levels = f"{event.level_before:.4g} -> {event.level_after:.4g}"
+    if event.rel_drop is not None:
+        return f"{levels} (-{event.rel_drop:.0%})"
+    return f"{levels} (x{event.level_after / event.level_before:.1f})"
 
 
 if __name__ == "__main__":

@@ -167,6 +167,8 @@ def _warmup_end(ctx: DropContext):
 def _recurring(ctx: DropContext):
     """Drops at a regular spacing: a saw-tooth (the loss climbs back) or, without an epoch
     field, a staircase that is most likely epochs."""
+    if at_epoch_boundary(ctx.epoch, ctx.at):
+        return None  # epochs explain the spacing
     here = int(ctx.step[ctx.at])
     drops = sorted({d[0]: d for d in ctx.other_drops if d[0] != here}.values())
     steps = sorted([d[0] for d in drops] + [here])

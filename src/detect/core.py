@@ -34,6 +34,7 @@ from src.detect.rules import (
     level,
     noise_scale,
     score_scale,
+    small_drop_hold,
     spike_rule,
     split_point,
     window_median,
@@ -58,7 +59,7 @@ def detect(curve, **settings) -> list[Event]:
     for scale in cfg.scales:
         found += drops_at_scale(y, m, diffs, epoch, steps, scale, cfg)
     stalls = [e.index for e in events if e.kind == "stall"]
-    drops = [(b, e) for b, e in keep_first_decided(found) if not into_stall(index[b], stalls)]
+    drops = [(b, e) for b, e in keep_first_decided(found, cfg, len(y)) if not into_stall(index[b], stalls)]
     others = [(e.step, math.log(e.level_before), math.log(e.level_after)) for _, e in drops]
     nonfinite = [e for e in events if e.kind == "nonfinite"]
     for b, event in drops:
@@ -182,12 +183,20 @@ def epoch_drop(c: int, k: int, y, abs_diffs: np.ndarray, steps, right_end: int, 
     return cfg.window, c, decided, drop_event(Cluster(c, c, c, kind, z, fall, before, after), int(steps[c]), int(steps[decided]))
 
 
-def keep_first_decided(found: list[tuple]) -> list[tuple[int, Event]]:
+def keep_first_decided(found: list[tuple], cfg: Settings, available: int) -> list[tuple[int, Event]]:
     """(boundary, event) of the drops to report. Several scales can find the same drop: the
-    first decided (finest first on a tie) wins, exactly as the streaming face reports them;
-    only a small drop never hides a full one."""
+    first decided (finest first on a tie) wins, exactly as the streaming face reports them.
+    A small drop is held back until any full drop there would have been decided, so that it
+    never stands beside one."""
+
+    def order(found_drop):
+        scale, boundary, decided, event = found_drop
+        if event.kind == "small_drop":
+            return min(max(decided, boundary + small_drop_hold(cfg)), available - 1), 1, scale
+        return decided, 0, scale
+
     kept, out = [], []
-    for scale, boundary, _, event in sorted(found, key=lambda d: (d[2], d[0])):
+    for scale, boundary, _, event in sorted(found, key=order):
         if not overlaps(kept, scale, boundary, event.kind):
             kept.append((scale, boundary, event.kind))
             out.append((boundary, event))
@@ -354,6 +363,7 @@ class StreamingDetector:
         self._ctx = {name: [] for name in self.CONTEXT}
         self._base = 0  # how many valid points have been dropped from the front of the lists
         self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k) to test
+        self._held = []  # small drops waiting until no full drop can come for them: (due, scale, found)
         self._seen = 0  # all points seen
         self._clusters: dict[tuple[int, int], Cluster] = {}  # open cluster per (scale, lag)
         self._refractory: dict[tuple[int, int], int] = {}
@@ -396,7 +406,7 @@ class StreamingDetector:
         for (s, lag), cluster in sorted(self._clusters.items(), key=lambda item: (item[0][0], -item[0][1])):
             events += self._report_drop(close_cluster(cluster, self._y, self._ctx["step"], s, lag, self.cfg, len(self._y)))
         self._clusters = {}
-        return events
+        return events + self._release_small_drops(math.inf)
 
     # -- every point: non-finite losses and stalls
 
@@ -449,7 +459,7 @@ class StreamingDetector:
                 events += self._close_if_due(n - 2 * s, s, 2 * s)
             if base + n - s >= max(FRESH_WINDOWS, 2) * s:
                 events += self._drop_candidate(n - s, s, s)
-        return events
+        return events + self._release_small_drops(base + n - 1)
 
     def _abs_diffs(self, c: int) -> np.ndarray:
         return np.abs(np.diff(self._y[max(c - NOISE_POINTS, 0) : c]))
@@ -511,8 +521,11 @@ class StreamingDetector:
         found = epoch_drop(c, k, self._y, self._abs_diffs(c), self._ctx["step"], right_end, decided, self.cfg)
         return self._report_drop(found) if found else []
 
-    def _report_drop(self, found) -> list[Event]:
+    def _report_drop(self, found, held: bool = False) -> list[Event]:
         scale, boundary, _, event = found
+        if event.kind == "small_drop" and not held:  # see keep_first_decided
+            self._held.append((self._base + boundary + small_drop_hold(self.cfg), scale, (scale, self._base + boundary, event)))
+            return []
         if overlaps(self._kept, scale, boundary, event.kind) or into_stall(self._ctx["index"][boundary], self._stalls):
             return []
         self._kept.append((scale, boundary, event.kind))
@@ -527,6 +540,15 @@ class StreamingDetector:
         event.cause, event.evidence = explain_drop(context)
         self._drops.append((event.step, math.log(event.level_before), math.log(event.level_after)))
         return [event]
+
+    def _release_small_drops(self, until: int) -> list[Event]:
+        """Report the held small drops due by valid position `until` (absolute)."""
+        due = sorted((h for h in self._held if h[0] <= until), key=lambda h: h[:2])
+        self._held = [h for h in self._held if h[0] > until]
+        events = []
+        for _, _, (scale, boundary, event) in due:
+            events += self._report_drop((scale, boundary - self._base, None, event), held=True)
+        return events
 
     def _forget(self, count: int):
         """Drop the oldest `count` valid points; list positions shift down by `count`."""
@@ -548,6 +570,7 @@ class StreamingDetector:
                 values.pop()
         del self._m[max(len(self._y) - self.cfg.window + 1, 0) :]
         self._kept = deque((k for k in self._kept if k[1] < len(self._y)), maxlen=self._kept.maxlen)
+        self._held = [h for h in self._held if h[2][1] < self._base + len(self._y)]
         self._clusters = {}
         self._previous_loss, self._same_run, self._zero_run = math.nan, 1, 0
         self._stall_open = self._bad_open = False

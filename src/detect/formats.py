@@ -92,16 +92,16 @@ class Curve:
                 skipped += not isinstance(row, dict)
                 continue
             step = _first(row, STEP_KEYS)
-            step = position if step is None else _as_step(step)
+            step = position if step is MISSING else _as_step(step)
             if step is None:
                 skipped += 1
                 continue
             loss = _first(row, LOSS_KEYS)
-            if loss is not None:
+            if loss is not MISSING:
                 values = [_as_float(_first(row, keys)) for keys in ALIGNED_KEYS.values()]
                 train.append((step, _as_float(loss), *values))
             eval_loss = _first(row, EVAL_LOSS_KEYS)
-            if eval_loss is not None:
+            if eval_loss is not MISSING:
                 evals.append((step, _as_float(eval_loss)))
         if skipped:
             notes.append(f"skipped {skipped} rows without a usable step")
@@ -142,11 +142,15 @@ class Curve:
             yield {"step": step, "eval_loss": value}
 
 
+MISSING = object()
+
+
 def _first(row: dict, keys):
+    """The value of the first key present (a logged None stays None), else MISSING."""
     for key in keys:
         if key in row:
             return row[key]
-    return None
+    return MISSING
 
 
 def _as_step(value) -> int | None:
@@ -159,7 +163,7 @@ def _as_step(value) -> int | None:
 
 def _as_float(value) -> float:
     """A logged number: None, strings and anything unreadable become nan ("inf" stays inf)."""
-    if value is None or isinstance(value, bool):
+    if value is None or value is MISSING or isinstance(value, bool):
         return math.nan
     try:
         return float(value)
@@ -233,7 +237,7 @@ def _read_json(path: Path, head: str) -> Curve:
     first_line = head.split("\n", 1)[0].strip()
     try:
         first_row = json.loads(first_line)
-        is_json_lines = isinstance(first_row, dict)
+        is_json_lines = isinstance(first_row, dict) and "log_history" not in first_row
     except json.JSONDecodeError:
         is_json_lines = False
     if is_json_lines:

@@ -278,6 +278,13 @@ def split_point(y: np.ndarray, first: int, last: int, offset: int) -> int:
     return int(k[np.argmin(left + right)] + offset)
 
 
+def small_drop_hold(cfg: Settings) -> int:
+    """Valid points after its boundary by which any full drop within a scale of it has been
+    decided (the coarsest scale's fresh phase decides last); small drops wait that long."""
+    s = max(cfg.scales)
+    return s + 1 + (s // 2 + 2) + 2 * s
+
+
 def severity_of(kind: str, rel_drop: float | None) -> str:
     if kind == "small_drop":
         return "low"

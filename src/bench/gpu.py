@@ -1,0 +1,349 @@
+"""GPU benchmark: dropsweep's training beside a bare HF Trainer + peft + bitsandbytes script, per quant mode.
+
+For a model of polyglot-ko-1.3b's architecture (random weights, model=polyglot_ko_1_3b_random) and
+each quant mode, it runs `python -m src.run` (W&B offline, detector on, metrics stream, fast
+generation path) and src/bench/bare_trainer.py with the same TrainingArguments, in alternating
+order to cancel drift, and prints per mode: step time of each and their ratio, tokens/s, peak GPU
+memory, model FLOPs utilisation, whether the loss fell, and plain vs fast generation.
+
+    make bench-gpu                                              # all six modes -> experiments/gpu/
+    python -m src.bench.gpu --steps 40 --batch 8 --seq 512 --modes none,nf4_dq --out /tmp/gpu
+    python -m src.bench.gpu --tiny --out /tmp/gpu-dry          # the whole pipeline on the CPU, a tiny shape
+
+Step time is on_step_begin -> on_step_end with torch.cuda.synchronize at the end, the median of
+the steps after --warmup; the period (end to end) adds logging, callbacks and the next batch, so
+the period ratio is where dropsweep's own overhead (detector, W&B, metrics file) would show.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from src.data import PROJECT_ROOT, format_example
+
+MODES = ["none", "nf4", "nf4_dq", "fp4", "fp4_dq", "int8"]
+# Dense bf16 peak (TFLOP/s, no sparsity) by the name torch.cuda.get_device_name gives; longest match wins.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.0, "GH200": 989.0,
+                    "H800": 989.0, "A100": 312.0, "L40S": 362.0, "B200": 2250.0}
+TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256}
+FLOP_FORMULA = ("LoRA training FLOPs per token = 4*N + 12*L*S*d: forward 2*N and backward activation "
+                "gradients 2*N over the N frozen matmul weights (attention qkv/dense, MLP, lm_head; the base "
+                "has no weight gradients; LoRA's own r=8 matmuls are left out), plus attention scores and "
+                "values 4*S*d per layer forward and twice that backward (no causal halving, no recomputation). "
+                "MFU = that x tokens per step / step time / the card's dense bf16 peak.")
+
+
+def peak_tflops(device_name: str) -> float | None:
+    matches = [key for key in PEAK_BF16_TFLOPS if key in device_name]
+    return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
+
+
+def training_flops_per_token(arch: dict, seq: int) -> float:
+    d, layers, ff, vocab = arch["hidden_size"], arch["num_hidden_layers"], arch["intermediate_size"], arch["vocab_size"]
+    matmul_params = layers * (3 * d * d + d * d + 2 * d * ff) + vocab * d
+    return 4 * matmul_params + 12 * layers * seq * d
+
+
+def make_data(path: Path, tokenizer, seq: int, rows: int = 256, seed: int = 0) -> None:
+    """Instruction/output rows built from the bundled facts, each at least `seq` tokens long."""
+    facts = [json.loads(line) for line in (PROJECT_ROOT / "src/assets/facts.jsonl").read_text().splitlines()]
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(rows):
+            question, parts = facts[i % len(facts)]["instruction"], []
+            while len(tokenizer(format_example(question, " ".join(parts)))["input_ids"]) < seq + 8:
+                parts.append(rng.choice(facts)["output"])
+            f.write(json.dumps({"instruction": question, "output": " ".join(parts)}, ensure_ascii=False) + "\n")
+
+
+def median_after(values: list, warmup: int) -> float | None:
+    kept = [v for v in values[warmup:] if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def run_logged(cmd: list[str], log: Path, env: dict, timeout: int) -> tuple[bool, str]:
+    started = time.perf_counter()
+    try:
+        with log.open("w") as f:
+            proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        ok = proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+    print(f"    {'ok ' if ok else 'FAILED'} {time.perf_counter() - started:6.1f} s  {log}", flush=True)
+    return ok, " | ".join(tail) if not ok else ""
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work)
+        self.out = Path(args.out)
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        self.env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
+                                 "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+        self.env.pop("WANDB_API_KEY", None)
+        self.model_overrides = ["model=polyglot_ko_1_3b_random", f"model.max_length={args.seq}"]
+        if args.tiny:
+            self.model_overrides += [f"model.arch_config.{k}={v}" for k, v in TINY_SHAPE.items()]
+        if args.cache:
+            self.model_overrides.append(f"cache_dir={args.cache}")
+
+    def overrides(self, mode: str) -> list[str]:
+        a = self.args
+        return [*self.model_overrides, f"quant={mode}", f"quant.compute_dtype={a.dtype}", f"device={a.device}",
+                "data=facts", f"data.path={self.data}", "data.eval_size=0", f"train.max_steps={a.steps}",
+                f"train.batch_size={a.batch}", "logger=wandb", "logger.mode=offline",
+                f"train.generation.max_new_tokens={a.gen_tokens}", f"train.generation.fast={not a.no_fast}"]
+
+    def prepare(self) -> None:
+        """The checkpoint (built once, as dropsweep builds it), the data file, and the settings both runs share."""
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+        from transformers import AutoTokenizer
+
+        from src.models import checkpoint_path, lora_targets
+
+        self.data = self.work / f"rows-{self.args.seq}.jsonl"
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=self.overrides("nf4"))
+        started = time.perf_counter()
+        self.checkpoint = checkpoint_path(cfg)
+        print(f"checkpoint {self.checkpoint} ({time.perf_counter() - started:.1f} s)", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(self.checkpoint)
+        if not self.data.exists():
+            make_data(self.data, tokenizer, self.args.seq)
+        train = cfg.train
+        if train.warmup_steps or train.weight_decay or train.grad_accum != 1 or train.gradient_checkpointing:
+            raise SystemExit("bench-gpu's bare script mirrors warmup 0, weight decay 0, grad_accum 1 and no "
+                             "gradient checkpointing; reset those train.* settings.")
+        self.arch = OmegaConf.to_container(cfg.model.arch_config)
+        self.bare_settings = ["--lr", str(train.lr), "--scheduler", train.scheduler, "--optim", train.optimizer,
+                              "--seed", str(train.seed), "--max-grad-norm", str(train.max_grad_norm),
+                              "--lora-r", str(cfg.lora.r), "--lora-alpha", str(cfg.lora.alpha),
+                              "--lora-dropout", str(cfg.lora.dropout), "--targets", ",".join(lora_targets(cfg))]
+        self.prompt = cfg.train.generation.prompt
+
+    def run_dropsweep(self, mode: str) -> dict:
+        run_dir = self.work / "runs" / mode
+        ok, error = run_logged([sys.executable, "-m", "src.run", *self.overrides(mode), f"hydra.run.dir={run_dir}"],
+                               self.out / "logs" / f"{mode}-dropsweep.log", self.env, self.args.timeout)
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
+        rows = [r for r in rows if "loss" in r]
+        return {"ok": ok and summary.get("status") == "completed", "error": error or summary.get("error"),
+                "step_times": [r.get("step_time_s") for r in rows], "step_periods": [r.get("step_period_s") for r in rows],
+                "losses": [r["loss"] for r in rows], "peak_mem_gb": summary.get("train_peak_mem_gb"),
+                "summary": summary}
+
+    def run_bare(self, mode: str) -> dict:
+        a = self.args
+        result_path = self.work / "runs" / f"{mode}-bare.json"
+        result_path.unlink(missing_ok=True)
+        ok, error = run_logged(
+            [sys.executable, str(PROJECT_ROOT / "src/bench/bare_trainer.py"), "--model", self.checkpoint,
+             "--data", str(self.data), "--quant", mode, "--compute-dtype", a.dtype, "--steps", str(a.steps),
+             "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device, *self.bare_settings,
+             "--json", str(result_path)],
+            self.out / "logs" / f"{mode}-bare.log", self.env, self.args.timeout)
+        result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        return {"ok": ok and bool(result), "error": error, "step_times": result.get("step_times", []),
+                "step_periods": result.get("step_periods", []), "losses": result.get("losses", []),
+                "peak_mem_gb": result.get("peak_mem_gb"), "result": result}
+
+    def measure(self, mode: str, index: int) -> dict:
+        print(f"[{mode}]", flush=True)
+        runners = [("dropsweep", self.run_dropsweep), ("bare", self.run_bare)]
+        if index % 2:  # alternate who goes first, so drift (clocks, heat, caches) falls on both
+            runners.reverse()
+        runs = {name: runner(mode) for name, runner in runners}
+        return self.row(mode, runs["dropsweep"], runs["bare"], first=runners[0][0])
+
+    def row(self, mode: str, ds: dict, bare: dict, first: str) -> dict:
+        a = self.args
+        tokens_per_step = a.batch * a.seq
+        flops_per_step = training_flops_per_token(self.arch, a.seq) * tokens_per_step
+        summary = ds["summary"]
+        peak = peak_tflops(summary.get("device_name", "")) if a.device == "cuda" else None
+        row = {"mode": mode, "first": first}
+        for name, run in (("dropsweep", ds), ("bare", bare)):
+            step = median_after(run["step_times"], a.warmup)
+            losses = run["losses"]
+            row[name] = {
+                "ok": run["ok"], "error": run["error"], "step_s": step,
+                "period_s": median_after(run["step_periods"], a.warmup),
+                "tokens_per_s": tokens_per_step / step if step else None,
+                "mfu": flops_per_step / step / (peak * 1e12) if step and peak else None,
+                "peak_mem_gb": run["peak_mem_gb"],
+                "loss_first": statistics.mean(losses[:3]) if losses else None,
+                "loss_last": statistics.mean(losses[-3:]) if losses else None,
+                "step_times": run["step_times"], "losses": losses}
+            row[name]["loss_falls"] = bool(losses) and row[name]["loss_last"] < row[name]["loss_first"]
+        d, b = row["dropsweep"], row["bare"]
+        row["ratio_step"] = d["step_s"] / b["step_s"] if d["step_s"] and b["step_s"] else None
+        row["ratio_period"] = d["period_s"] / b["period_s"] if d["period_s"] and b["period_s"] else None
+        row["detector_events"] = len(summary.get("events", []))
+        row["wandb_mode"] = (summary.get("wandb") or {}).get("mode")
+        row["gen"] = {k.removeprefix("gen_"): v for k, v in summary.items() if k.startswith("gen_")}
+        return row
+
+    def meta(self, rows: list[dict]) -> dict:
+        a = self.args
+        summaries = [r for r in rows if r["dropsweep"]["ok"]]
+        first = self.first_summary or {}
+        bare = self.first_bare or {}
+        return {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "card": first.get("device_name"), "peak_bf16_tflops": peak_tflops(first.get("device_name") or ""),
+            "versions": (first.get("versions") or {}) | {"bitsandbytes": first.get("bnb_version"),
+                                                          "cuda": bare.get("cuda")},
+            "git": _git_describe(),
+            "model": "polyglot_ko_1_3b_random" + (" (tiny shape)" if a.tiny else ""), "arch": self.arch,
+            "settings": {"steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
+                         "device": a.device, "gen_new_tokens": a.gen_tokens, "prompt": self.prompt,
+                         "bare_settings": " ".join(self.bare_settings)},
+            "flop_formula": FLOP_FORMULA,
+            "flops_per_token": training_flops_per_token(self.arch, a.seq),
+            "modes_completed": len(summaries),
+        }
+
+    def main(self) -> list[dict]:
+        started = time.perf_counter()
+        self.prepare()
+        self.first_summary = self.first_bare = None
+        rows = []
+        for i, mode in enumerate(self.args.modes):
+            row = self.measure(mode, i)
+            rows.append(row)
+            if self.first_summary is None and row["dropsweep"]["ok"]:
+                self.first_summary = json.loads((self.work / "runs" / mode / "summary.json").read_text())
+            if self.first_bare is None and (self.work / "runs" / f"{mode}-bare.json").exists():
+                self.first_bare = json.loads((self.work / "runs" / f"{mode}-bare.json").read_text())
+            write_results(self.out, rows, self.meta(rows) | {"wall_s": time.perf_counter() - started})
+        print("\n" + markdown_table(rows))
+        print(f"\nresults: {self.out / 'results.md'}, {self.out / 'results.json'} "
+              f"({time.perf_counter() - started:.0f} s)")
+        return rows
+
+
+def _git_describe() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{commit}{' (dirty)' if dirty else ''}" or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _f(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ("| mode | step s dropsweep | step s bare | ratio | period ratio | tokens/s | peak GiB (ds / bare) "
+            "| MFU | loss first → last | plain gen tok/s (s/answer) | fast gen tok/s (s/answer) | speedup "
+            "| same tokens |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        d, b, g = r["dropsweep"], r["bare"], r["gen"]
+        if not d["ok"] and not b["ok"]:
+            lines.append(f"| {r['mode']} | failed: {d['error'] or b['error']} |" + " |" * 11)
+            continue
+        same = g.get("fast_same_tokens")
+        same = "—" if same is None else ("yes" if same else f"no (from token {g.get('fast_first_divergence')})")
+        lines.append(
+            f"| {r['mode']} | {_f(d['step_s'], '.4f')} | {_f(b['step_s'], '.4f')} | {_f(r['ratio_step'], '.3f')} "
+            f"| {_f(r['ratio_period'], '.3f')} | {_f(d['tokens_per_s'], ',.0f')} "
+            f"| {_f(d['peak_mem_gb'], '.2f')} / {_f(b['peak_mem_gb'], '.2f')} | {_f(d['mfu'], '.1%')} "
+            f"| {_f(d['loss_first'], '.3f')} → {_f(d['loss_last'], '.3f')} "
+            f"| {_f(g.get('tokens_per_s'), '.1f')} ({_f(g.get('s_per_answer'), '.2f')}) "
+            f"| {_f(g.get('fast_tokens_per_s'), '.1f')} ({_f(g.get('fast_s_per_answer'), '.2f')}) "
+            f"| {_f(g.get('fast_speedup'), '.1f')}x | {same} |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, rows: list[dict], meta: dict) -> None:
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
+    s = meta["settings"]
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+    worst = max((r["ratio_period"] or 0 for r in rows), default=0)
+    speedups = [r["gen"].get("fast_speedup") for r in rows if r["gen"].get("fast_speedup")]
+    checks = [
+        f"- dropsweep / bare step time, worst mode: {max((r['ratio_step'] or 0 for r in rows), default=0):.3f} "
+        f"(begin → end); {worst:.3f} end to end, with logging, detector and W&B (target <= 1.02)",
+        f"- loss fell in every mode: {all(r['dropsweep']['loss_falls'] and r['bare']['loss_falls'] for r in rows)}",
+        f"- fast generation speed-up over plain `generate`: "
+        + (f"{min(speedups):.1f}x to {max(speedups):.1f}x (target >= 5x)" if speedups else "not measured"),
+    ]
+    errors = [f"- {r['mode']}: {name}: {r[name]['error']}" for r in rows for name in ("dropsweep", "bare")
+              if not r[name]["ok"]]
+    failures = [f"- {r['mode']}: fast path compile error: {r['gen']['fast_compile_error']}" for r in rows
+                if r["gen"].get("fast_compile_error")]
+    text = f"""# GPU benchmark: dropsweep vs bare HF Trainer + peft + bitsandbytes
+
+- card: {meta['card']} (dense bf16 peak {_f(meta['peak_bf16_tflops'], '.0f')} TFLOP/s), date {meta['date']}
+- versions: {versions}; dropsweep {meta['git']}
+- model: {meta['model']}: {json.dumps(meta['arch'])}
+- per mode: {s['steps']} steps, median of the steps after the first {s['warmup']}, batch {s['batch']} x {s['seq']} tokens,
+  compute {s['dtype']}, LoRA and optimizer as `{s['bare_settings']}`; dropsweep with W&B offline, the detector and
+  the metrics stream; the two alternate who runs first
+- generation: batch 1, greedy, {s['gen_new_tokens']} new tokens; plain = `generate` on the LoRA-wrapped model as
+  training leaves it; fast = src/generate.py (adapter merged into a dense dequantized bf16 copy, static KV cache,
+  decoding compiled with mode reduce-overhead); warm-up and compilation excluded (set-up time in results.json)
+- {meta['flop_formula']} ({meta['flops_per_token'] / 1e9:.2f} GFLOP per token here)
+
+{markdown_table(rows)}
+
+{chr(10).join(checks)}
+{chr(10).join(errors + failures)}
+"""
+    (out / "results.md").write_text(text)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the median")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {','.join(MODES)}")
+    parser.add_argument("--dtype", default="bfloat16", help="quant.compute_dtype for every mode")
+    parser.add_argument("--gen-tokens", type=int, default=64, help="new tokens per generated answer")
+    parser.add_argument("--no-fast", action="store_true", help="skip the fast generation path")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default="experiments/gpu", help="results.md, results.json and logs/")
+    parser.add_argument("--work", default="/tmp/dropsweep-bench-gpu", help="data file and run dirs")
+    parser.add_argument("--cache", default=None, help="cache_dir for the built checkpoint (default dropsweep's)")
+    parser.add_argument("--timeout", type=int, default=420, help="seconds per run")
+    parser.add_argument("--tiny", action="store_true",
+                        help="dry run on the CPU: tiny shape, float32, few steps (tests the pipeline, not speed)")
+    args = parser.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode {', '.join(unknown)}; use some of {','.join(MODES)}")
+    if args.tiny:
+        args.device, args.dtype = "cpu", "float32"
+        args.steps, args.warmup, args.batch, args.seq, args.gen_tokens = 6, 2, 2, 64, 8
+    return args
+
+
+def main(argv=None) -> None:
+    Bench(parse_args(argv)).main()
+
+
+if __name__ == "__main__":
+    main()
