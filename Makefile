@@ -7,7 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 SWEEP   ?=
 ARGS    ?=
 
-.PHONY: help setup run sweep test test-fast report bench-detect clean
+.PHONY: help setup run sweep test test-fast report bench-detect bench-gpu clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -38,6 +38,10 @@ test-fast: setup ## the tests without the slow ones
 
 bench-detect: setup ## detector benchmark on synthetic curves vs ruptures PELT and river PageHinkley
 	$(PY) -m src.bench.detect $(ARGS)
+
+# No `setup` prerequisite: GPU machines often bring their own CUDA python (make bench-gpu PY=python3).
+bench-gpu: ## GPU: dropsweep vs bare Trainer per quant mode, plain vs fast generation (about 8 min on an H100)
+	$(PY) -m src.bench.gpu --out experiments/gpu $(ARGS)
 
 clean: ## remove local sweeps and caches (not the venv)
 	rm -rf experiments/runs experiments/sweeps .pytest_cache

@@ -78,7 +78,7 @@ def merged_copy(model, dtype: torch.dtype | None = None):
         weight = None if isinstance(module, LoraLayer) else getattr(module, "weight", None)  # via its base_layer
         if type(weight).__name__ in ("Params4bit", "Int8Params"):
             key = name.replace(".base_layer", "") + ".weight"
-            state[key] = dequantize_bnb_weight(weight, getattr(module, "state", None)).float()
+            state[key] = dequantize_bnb_weight(weight, getattr(module, "state", None))
     for name, tensor in [*base.named_parameters(), *base.named_buffers()]:
         key = name.replace(".base_layer", "")
         if "lora_" not in name and key not in state:
@@ -88,7 +88,7 @@ def merged_copy(model, dtype: torch.dtype | None = None):
             key = name + ".weight"
             for adapter in module.active_adapters:
                 if adapter in module.lora_A:
-                    state[key] = state[key].float() + module.get_delta_weight(adapter).float()
+                    state[key] = (state[key].float() + module.get_delta_weight(adapter).float()).to(dtype)
 
     config = copy.deepcopy(base.config)
     if hasattr(config, "quantization_config"):  # the copy is dense: nothing to quantize on load
