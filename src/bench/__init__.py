@@ -1,1 +1,1 @@
-"""Benchmarks with known answers: `python -m src.bench.detect` scores the loss-anomaly detector."""
+"""Benchmarks, each run as `python -m src.bench.<name>` (detect: the loss-anomaly detector)."""

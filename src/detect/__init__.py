@@ -2,8 +2,10 @@
 stalls and hidden NaN, over a whole log (`detect`) or live (`StreamingDetector`,
 `LossAnomalyCallback`). `python -m src.detect PATH` runs it on a log file."""
 
-from src.detect.core import Event, Settings, StreamingDetector, detect
+from src.detect.core import detect
 from src.detect.formats import Curve, LogFormatError, load_curve
+from src.detect.rules import Event, Settings
+from src.detect.streaming import StreamingDetector
 
 __all__ = ["Curve", "Event", "LogFormatError", "LossAnomalyCallback", "Settings", "StreamingDetector", "detect", "load_curve"]
 

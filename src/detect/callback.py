@@ -16,7 +16,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from src.detect.core import StreamingDetector
+from src.detect.streaming import StreamingDetector
 
 ACTIONS = ("log", "alert", "stop")
 logger = logging.getLogger("src.detect")

@@ -27,7 +27,6 @@ Spikes, stalls and non-finite losses have their own simple rules below.
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
