@@ -209,7 +209,7 @@ def overlaps(kept, scale: int, boundary: int, kind: str) -> bool:
 
 def into_stall(position: int, stall_starts) -> bool:
     """A loss that freezes (a stall) at a lower value is reported as the stall, not a drop."""
-    return any(-2 <= start - position <= 2 for start in stall_starts)
+    return any(-2 <= start - position <= 1 for start in stall_starts)  # known before the drop is decided
 
 
 def drop_context(arrays, take, at: int, event: Event, cfg: Settings, eval_step, eval_loss, restarts, nonfinite) -> DropContext:

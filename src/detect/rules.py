@@ -1,25 +1,26 @@
-"""The detector's rules, shared by its offline and streaming faces (src/detect/core.py).
+"""The detector's rules, shared by its two faces: offline (core.py) and streaming (streaming.py).
 
-The drop rule works on log-loss, on *valid* points only (finite and > 0), in windows of
-`window` logged points and at two coarser scales (2x, 4x) for noisy curves. For a candidate
+Drops. The rule works on log-loss, over the *valid* points only (finite and > 0), with level
+windows of `window` logged points and two coarser scales (2x, 4x) for noisy curves. Levels
+are window medians (a spike of up to half a window does not move them). For a candidate
 boundary c (the first point at the new level) and a scale s:
 
-    L  = level of the s points before c        (median-based, robust to single spikes)
-    Lc = level of the s points before those     (the comparable stretch on the left)
-    R  = level of the s points from c on        (the new level)
-    fall = L - R                                (rel_drop = 1 - exp(-fall))
+    Lcc, Lc, L = levels of the three stretches of s points before c   (oldest first)
+    R, Rc      = levels of the s points from c on, and of the s after those
+    fall       = L - R, less what a trend or a bump explains        (rel_drop = 1 - exp(-fall))
 
-A drop needs: fall >= log(1/(1-drop_threshold)); the fall at least `trend_ratio` times the
-change |L - Lc| over the comparable stretch (a steady descent or a returning bump explains
-itself); and fall >= min_score noise standard errors, the noise being a robust scale of the
-point-to-point differences just before c (epoch boundaries, the best-known cause, need only
-`epoch_min_score`). Neighbouring candidates that pass form a cluster; the event goes to the
-best split inside it. The streaming face evaluates each candidate as soon as its right window
-is complete, with the same functions on the same numbers, so both faces report the same
-events; its decision comes `detected_step` after `step` (a fixed, small delay).
+A drop needs a fall of at least drop_threshold (15%), at least `trend_ratio` times the
+change over the comparable stretch on either side that is known (a steady descent, or a
+bump that returns, explains itself), and at least min_score noise standard errors, the noise
+being a robust scale of the point-to-point differences just before c. Falls from
+small_drop_threshold up are small drops. Candidates that pass form a cluster; the event goes
+to the best split inside it. A candidate is decided once R is complete (s points after it);
+in a fine-tune's first FRESH_WINDOWS windows, where the fast early descent is, it also waits
+for Rc and must beat the trend on the right too.
 
-At an epoch boundary the left comparable stretch may be the fresh fine-tune's fast early
-descent; there the trend is also judged on the right side, s points later (`epoch_shape`).
+Epoch boundaries, the best-known cause of drops, get their own test with windows inside the
+two epochs (memorisation makes each epoch creep up, then the next one starts lower) and need
+only epoch_min_score; the normal rule also relaxes to it where an epoch ends.
 
 Spikes, stalls and non-finite losses have their own simple rules below.
 """
@@ -80,7 +81,7 @@ class Event:
     kind: str  # drop | small_drop | spike | stall | nonfinite
     step: int
     severity: str = "medium"  # low | medium | high
-    score: float = 0.0  # how many noise standard errors the change is (inf: exact evidence)
+    score: float = 0.0  # drop/spike: noise standard errors of the change; stall/nonfinite: points
     rel_drop: float | None = None  # 1 - level_after / level_before
     level_before: float | None = None
     level_after: float | None = None  # for a spike: its peak

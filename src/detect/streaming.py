@@ -276,6 +276,8 @@ class StreamingDetector:
         del self._m[max(len(self._y) - self.cfg.window + 1, 0) :]
         self._kept = deque((k for k in self._kept if k[1] < len(self._y)), maxlen=self._kept.maxlen)
         self._held = [h for h in self._held if h[2][1] < self._base + len(self._y)]
+        if self._epoch_pending is not None and self._epoch_pending[0] >= self._base + len(self._y):
+            self._epoch_pending = None
         self._clusters = {}
         self._previous_loss, self._same_run, self._zero_run = math.nan, 1, 0
         self._stall_open = self._bad_open = False
