@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.checks import check_config
 from src.data import build_datasets
-import src.detect as detect_pkg
+from src.detect.callback import LossAnomalyCallback
 from src.errors import ConfigError
 from src import launch
 from src.models import load_model_and_tokenizer
@@ -35,7 +35,22 @@ def _raise_stopped(signum, frame):
     raise Stopped(f"received {signal.Signals(signum).name}")
 
 
+def _quiet_libraries() -> None:
+    """Progress bars and deprecation chatter of the libraries would bury the job's own lines."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+
+
 def run_job(cfg: DictConfig) -> dict:
+    _quiet_libraries()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -157,10 +172,7 @@ class Job:
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.model.max_length)
         stream = MetricsStream(self._log)
         detector_settings = {k: v for k, v in OmegaConf.to_container(cfg.detector, resolve=True).items()}
-        try:  # TEMP until the detector callback lands
-            callbacks = [stream, detect_pkg.LossAnomalyCallback(on_event=self._on_event, **detector_settings)]
-        except ImportError:
-            callbacks = [stream]
+        callbacks = [stream, LossAnomalyCallback(on_event=self._on_event, **detector_settings)]
         result = train_model(cfg, model, tokenizer, train_set, eval_set, self.device,
                              str(self.run_dir / "trainer"), callbacks)
         self.summary["train_peak_mem_gb"] = round(peak_memory_gb(self.device), 3)  # before generation's copies
