@@ -7,7 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 SWEEP   ?=
 ARGS    ?=
 
-.PHONY: help setup run sweep test test-fast report bench-detect bench-gpu clean
+.PHONY: help setup run sweep test test-fast report bench-report bench-detect bench-gpu clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -35,6 +35,12 @@ test: setup ## run the test suite (CPU; GPU tests are skipped without a GPU)
 
 test-fast: setup ## the tests without the slow ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+report: setup ## drop-detection report of a sweep: SWEEP=dir (default: the latest under experiments/sweeps)
+	$(PY) -m src.report $(SWEEP) $(ARGS)
+
+bench-report: setup ## report speed: 1,000 synthetic runs x 10,000 steps, budget 10 s (first call writes them, ~1 min)
+	$(PY) -m src.bench.report $(ARGS)
 
 bench-detect: setup ## detector benchmark on synthetic curves vs ruptures PELT and river PageHinkley
 	$(PY) -m src.bench.detect $(ARGS)

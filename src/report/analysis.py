@@ -1,0 +1,240 @@
+"""Each run's full loss curve through the offline detector, in parallel over the runs.
+
+metrics.jsonl is read by a fast path (msgspec decodes a whole file of JSON lines in one
+call, about ten times faster than a json.loads per line); anything else, or any file the
+fast path does not fully understand, goes through the detector's own reader
+(`src.detect.load_curve`), which knows every supported format.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, fields
+from typing import Optional, Union
+
+import msgspec
+import numpy as np
+
+from src.detect import Curve, Settings, detect, load_curve
+
+PREVIEW_POINTS = 400  # points kept per curve for the plots
+PARALLEL_FROM = 16  # fewer runs than this are analysed in this process
+TRUNCATED_NOTE = "ignored a truncated last line (the run was probably killed)"
+
+Number = Union[float, str, None]
+
+
+class _Row(msgspec.Struct, gc=False):
+    """A metrics.jsonl row; other keys are ignored. Non-finite numbers are written as strings."""
+
+    step: Optional[float] = None
+    loss: Number = None
+    epoch: Number = None
+    lr: Number = None
+    grad_norm: Number = None
+    tokens: Number = None
+    step_time_s: Number = None
+    eval_loss: Number = None
+
+
+_DECODER = msgspec.json.Decoder(_Row)
+
+
+def read_curve(path) -> Curve:
+    """The curve of a loss log, by the fast path when it applies (same result as load_curve)."""
+    path = os.fspath(path)
+    if path.endswith(".jsonl"):
+        curve = _fast_metrics(path)
+        if curve is not None:
+            return curve
+    return load_curve(path)
+
+
+def _fast_metrics(path: str) -> Curve | None:
+    """A dropsweep metrics.jsonl as a Curve, or None to leave it to load_curve."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    notes = []
+    try:
+        rows = _DECODER.decode_lines(raw)
+    except msgspec.DecodeError:
+        cut = raw.rfind(b"\n", 0, len(raw.rstrip()))
+        try:
+            rows = _DECODER.decode_lines(raw[: cut + 1])
+        except msgspec.DecodeError:
+            return None
+        notes.append(TRUNCATED_NOTE)
+    if not rows:
+        return None
+    # One comprehension per field with plain attribute access: the fastest way out of Python here.
+    losses, evals = [r.loss for r in rows], [r.eval_loss for r in rows]
+    columns = {"epoch": [r.epoch for r in rows], "lr": [r.lr for r in rows], "grad_norm": [r.grad_norm for r in rows],
+               "tokens": [r.tokens for r in rows], "step_time_s": [r.step_time_s for r in rows]}
+    try:
+        steps = _column([r.step for r in rows])
+        loss, eval_loss = _column(losses), _column(evals)  # "nan"/"inf" strings become nan/inf
+        aligned = {name: _column(values) for name, values in columns.items()}
+    except (TypeError, ValueError):  # a value that is not a number or one of the non-finite strings
+        return None
+    if not np.isfinite(steps).all() or np.any(steps != np.round(steps)):
+        return None
+    is_train = _present(losses)
+    is_eval = _present(evals, among=np.flatnonzero(~is_train))
+    if not is_train.any():
+        return None
+    train_steps = steps[is_train].astype(np.int64)
+    keep = _last_of_each(train_steps)
+    went_back = np.flatnonzero(np.diff(train_steps) <= 0) + 1
+    eval_steps = steps[is_eval].astype(np.int64)
+    eval_keep = _last_of_each(eval_steps)
+    return Curve(step=train_steps[keep], loss=loss[is_train][keep],
+                 **{name: values[is_train][keep] for name, values in aligned.items()},
+                 eval_step=eval_steps[eval_keep], eval_loss=eval_loss[is_eval][eval_keep],
+                 restarts=np.unique(train_steps[went_back]), source="metrics.jsonl", notes=notes)
+
+
+def _column(values: list) -> np.ndarray:
+    """Logged values as floats, None (not logged in that row) as nan."""
+    if values.count(None) == len(values):  # numpy converts a list of None slowly
+        return np.full(len(values), np.nan)
+    return np.array(values, dtype=np.float64)
+
+
+def _present(values: list, among: np.ndarray | None = None) -> np.ndarray:
+    """Which rows logged this field (value not None). Few missing values are found by
+    list.index; few present ones are looked for `among` the likely rows first."""
+    n, missing = len(values), values.count(None)
+    mask = np.zeros(n, bool)
+    if missing == n:
+        return mask
+    if among is not None and n - missing <= len(among):
+        mask[among] = [values[i] is not None for i in among.tolist()]
+        if mask.sum() == n - missing:
+            return mask
+    if missing * 16 > n:
+        return np.fromiter((v is not None for v in values), bool, n)
+    mask[:] = True
+    at = -1
+    for _ in range(missing):
+        at = values.index(None, at + 1)
+        mask[at] = False
+    return mask
+
+
+def _last_of_each(steps: np.ndarray) -> np.ndarray:
+    """Indices sorting `steps`, the last-written row of each step winning (a resumed run)."""
+    order = np.argsort(steps, kind="stable")
+    ordered = steps[order]
+    return order[np.append(ordered[1:] != ordered[:-1], True)] if len(order) else order
+
+
+@dataclass
+class Analysis:
+    """What the report needs from one curve: its events, headline numbers and a preview."""
+
+    source: str = ""
+    error: str | None = None  # why the log could not be used
+    notes: list = field(default_factory=list)
+    points: int = 0
+    last_step: int | None = None
+    final_loss: float | None = None
+    best_loss: float | None = None
+    events: list = field(default_factory=list)
+    preview_step: np.ndarray | None = None
+    preview_loss: np.ndarray | None = None
+    eval_step: np.ndarray | None = None
+    eval_loss: np.ndarray | None = None
+    epoch_ends: np.ndarray | None = None  # last step of each epoch, for the plots
+    seconds: float = 0.0
+
+    def count(self, kind: str) -> int:
+        return sum(1 for e in self.events if e["kind"] == kind)
+
+
+def analyse(path, settings: dict | None = None) -> Analysis:
+    """Read one loss log and run the detector over the whole curve; never raises."""
+    started = time.perf_counter()
+    try:
+        curve = read_curve(path)
+    except Exception as error:  # noqa: BLE001 - a bad file is reported, not fatal
+        return Analysis(error=_sentence(error), seconds=time.perf_counter() - started)
+    out = Analysis(source=curve.source, notes=list(curve.notes), points=len(curve))
+    try:
+        out.events = [e.to_dict() for e in detect(curve, **(settings or {}))]
+    except Exception as error:  # noqa: BLE001
+        out.notes.append(f"the detector failed on this curve ({_sentence(error)})")
+    loss = curve.loss
+    finite = loss[np.isfinite(loss)]
+    out.last_step = int(curve.step[-1]) if len(curve) else None
+    out.final_loss = float(loss[-1]) if len(loss) else None
+    out.best_loss = float(finite.min()) if len(finite) else None
+    out.preview_step, out.preview_loss = preview(curve.step, loss)
+    out.eval_step, out.eval_loss = curve.eval_step[:PREVIEW_POINTS], curve.eval_loss[:PREVIEW_POINTS]
+    epoch = curve.epoch
+    if np.isfinite(epoch).any():
+        number = np.ceil(epoch - 1e-9)
+        out.epoch_ends = curve.step[np.flatnonzero(np.diff(number) > 0)][:PREVIEW_POINTS]
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def preview(step: np.ndarray, loss: np.ndarray, points: int = PREVIEW_POINTS):
+    """At most `points` (step, median loss) pairs: drops keep their shape, noise averages out."""
+    n = len(step)
+    shown = np.where(np.isfinite(loss) & (loss > 0), loss, np.nan)
+    if n <= points:
+        return step.copy(), shown.astype(np.float32)
+    size = math.ceil(n / points)
+    padded = np.full(size * math.ceil(n / size), np.nan)
+    padded[:n] = shown
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN bucket stays NaN
+        medians = np.nanmedian(padded.reshape(-1, size), axis=1)
+    return step[::size].copy(), medians.astype(np.float32)
+
+
+def _sentence(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def detector_settings(config: dict) -> dict:
+    """The detector section of a run's composed config, limited to the detector's settings."""
+    section = config.get("detector") if isinstance(config, dict) else None
+    known = {f.name for f in fields(Settings)}
+    return {k: v for k, v in (section or {}).items() if k in known}
+
+
+def _analyse_job(job):
+    return analyse(*job)
+
+
+def analyse_all(jobs: list, workers: int | None = None, progress=None, meanwhile=None) -> list[Analysis]:
+    """analyse(path, settings) for each job, over several processes for a large sweep.
+    `progress(done, total)` is called as runs finish; `meanwhile()` runs here while the
+    workers work (this process would only wait)."""
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers <= 1 or len(jobs) < PARALLEL_FROM:
+        results = []
+        for job in jobs:
+            results.append(analyse(*job))
+            if progress:
+                progress(len(results), len(jobs))
+        return results
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    chunk = max(1, min(32, len(jobs) // (workers * 8)))
+    results = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending = pool.map(_analyse_job, jobs, chunksize=chunk)  # the workers start here
+        if meanwhile:
+            meanwhile()
+        for result in pending:
+            results.append(result)
+            if progress:
+                progress(len(results), len(jobs))
+    return results
