@@ -105,37 +105,44 @@ def merged_copy(model, dtype: torch.dtype | None = None):
     return dense.eval()
 
 
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
+
+
 def fast_generate(model, tokenizer, prompt: str, max_new_tokens: int, compile: bool | None = None,
                   dtype: torch.dtype | None = None) -> dict:
     """Merged dense copy + static KV cache + compiled decoding (on CUDA by default; `compile=False` on CPU).
 
-    Returns what plain_generate returns, plus `setup_s` (merge, compile, warm-up: paid once per
-    model) and `path` (what ran; compilation that fails falls back to the uncompiled static cache
-    and says so in `path` and `compile_error`).
+    Returns what plain_generate returns, plus `setup_s` (merge, compilation, warm-up: paid once
+    per model) and `path` (what ran). Each way that fails hands over to the next, and the first
+    failure is kept in `compile_error`: inductor with CUDA graphs (needs Triton and a C compiler),
+    then CUDA graphs without inductor, then the static cache uncompiled.
     """
     from transformers import CompileConfig
 
     started = time.perf_counter()
     dense = merged_copy(model, dtype)
     compile = dense.device.type == "cuda" if compile is None else compile
-    kwargs = {"cache_implementation": "static"}
-    path = f"merged {str(dense.dtype).removeprefix('torch.')} + static cache"
-    result, error = None, None
-    if compile:
+    ways = [("compiled decoding (inductor, CUDA graphs)", {"compile_config": CompileConfig(mode="reduce-overhead")}),
+            ("CUDA graphs (no inductor)", {"compile_config": CompileConfig(backend="cudagraphs", mode=None)}),
+            ] if compile else []
+    ways.append(("uncompiled", {"disable_compile": True}))
+    errors = []
+    for name, kwargs in ways:
         try:
             result = _timed_generate(dense, tokenizer, prompt, max_new_tokens, warmup_tokens=max_new_tokens,
-                                     compile_config=CompileConfig(mode="reduce-overhead"), **kwargs)
-            path += " + compiled decoding (CUDA graphs)"
+                                     cache_implementation="static", **kwargs)
+            break
         except Exception as exc:  # an unsupported op or backend must not cost the user the answer
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if name == ways[-1][0]:
+                raise
+            errors.append(f"{name}: {_one_line(exc)}")
             torch._dynamo.reset()
-    if result is None:
-        result = _timed_generate(dense, tokenizer, prompt, max_new_tokens, warmup_tokens=max_new_tokens,
-                                 disable_compile=True, **kwargs)
     result["setup_s"] = time.perf_counter() - started - result["seconds"]
-    result["path"] = path
-    if error:
-        result["compile_error"] = error
+    result["path"] = f"merged {str(dense.dtype).removeprefix('torch.')} + static cache + {name}"
+    if errors:
+        result["compile_error"] = "; ".join(errors)
     return result
 
 
@@ -153,7 +160,10 @@ def generation_summary(model, tokenizer, prompt: str, max_new_tokens: int, fast:
     summary = {"gen_tokens_per_s": plain["tokens_per_s"], "gen_s_per_answer": plain["seconds"],
                "gen_new_tokens": plain["new_tokens"], "gen_answer": plain["answer"]}
     if fast:
-        result = fast_generate(model, tokenizer, prompt, max_new_tokens)
+        try:
+            result = fast_generate(model, tokenizer, prompt, max_new_tokens)
+        except Exception as exc:  # the training result stands; the fast path's failure is reported
+            return summary | {"gen_fast_error": _one_line(exc)}
         divergence = first_divergence(plain["token_ids"], result["token_ids"])
         summary |= {"gen_fast_tokens_per_s": result["tokens_per_s"], "gen_fast_s_per_answer": result["seconds"],
                     "gen_fast_new_tokens": result["new_tokens"], "gen_fast_answer": result["answer"],

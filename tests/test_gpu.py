@@ -97,7 +97,7 @@ def test_fast_generation_on_gpu_is_compiled_faster_and_gives_the_same_tokens():
     model, tokenizer = lora_model_on_gpu("none", "float32")
     plain = plain_generate(model, tokenizer, PROMPT, 32)
     fast = fast_generate(model, tokenizer, PROMPT, 32, dtype=torch.float32)
-    assert "compiled decoding" in fast["path"], fast.get("compile_error")
+    assert "inductor, CUDA graphs" in fast["path"], fast.get("compile_error")
     assert fast["token_ids"] == plain["token_ids"]
     assert fast["tokens_per_s"] > plain["tokens_per_s"], (plain["tokens_per_s"], fast["tokens_per_s"])
 
@@ -108,5 +108,5 @@ def test_fast_generation_on_gpu_merges_a_quantized_base(quant):
 
     model, tokenizer = lora_model_on_gpu(quant, "bfloat16")
     summary = generation_summary(model, tokenizer, PROMPT, 32, fast=True)
-    assert summary["gen_fast_new_tokens"] > 0 and "compiled decoding" in summary["gen_fast_path"]
+    assert "gen_fast_error" not in summary and summary["gen_fast_new_tokens"] > 0, summary.get("gen_fast_error")
     assert summary["gen_fast_same_tokens"] or 0 <= summary["gen_fast_first_divergence"] <= 32

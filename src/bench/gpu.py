@@ -218,23 +218,37 @@ class Bench:
             "modes_completed": len(summaries),
         }
 
+    def earlier_rows(self) -> list[dict]:
+        """Rows of other modes from an earlier call into the same --out with the same settings: a run
+        split over two calls (--modes none,nf4,nf4_dq then --modes fp4,fp4_dq,int8) makes one table."""
+        path = self.out / "results.json"
+        if not path.exists():
+            return []
+        earlier = json.loads(path.read_text())
+        settings = {k: v for k, v in earlier["meta"]["settings"].items()}
+        if settings != self.meta([])["settings"] or earlier["meta"]["arch"] != self.arch:
+            return []
+        return [r for r in earlier["rows"] if r["mode"] not in self.args.modes]
+
     def main(self) -> list[dict]:
         started = time.perf_counter()
         self.prepare()
         self.first_summary = self.first_bare = None
+        kept = self.earlier_rows()
         rows = []
         for i, mode in enumerate(self.args.modes):
             row = self.measure(mode, i)
             rows.append(row)
+            rows_so_far = sorted(kept + rows, key=lambda r: MODES.index(r["mode"]))
             if self.first_summary is None and row["dropsweep"]["ok"]:
                 self.first_summary = json.loads((self.work / "runs" / mode / "summary.json").read_text())
             if self.first_bare is None and (self.work / "runs" / f"{mode}-bare.json").exists():
                 self.first_bare = json.loads((self.work / "runs" / f"{mode}-bare.json").read_text())
-            write_results(self.out, rows, self.meta(rows) | {"wall_s": time.perf_counter() - started})
-        print("\n" + markdown_table(rows))
+            write_results(self.out, rows_so_far, self.meta(rows_so_far) | {"wall_s": time.perf_counter() - started})
+        print("\n" + markdown_table(rows_so_far))
         print(f"\nresults: {self.out / 'results.md'}, {self.out / 'results.json'} "
               f"({time.perf_counter() - started:.0f} s)")
-        return rows
+        return rows_so_far
 
 
 def _git_describe() -> str | None:
