@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.bench.synthetic import FAMILIES, Case, make_case
+from src.bench.synthetic import FAMILIES, Case, make_case, smollm2_staircase
 from src.detect import Settings, StreamingDetector, detect
 from src.detect.formats import Curve
 
@@ -229,6 +229,12 @@ def main(argv=None):
     for family in FAMILIES:
         t = total(score(c, f) for c, f in zip(cases, offline) if c.family == family)
         print(f"  {family:<14} recall {t.recall:5.3f}  precision {t.precision:5.3f}  ({t.tp} found, {t.fn} missed, {t.fp} false)")
+    for noise in (0.03, 0.06, 0.1):
+        staircases = [smollm2_staircase(seed, noise) for seed in range(50)]
+        found = [[e for e in detect(c.curve, **SETTINGS) if e.kind == "drop"] for c in staircases]
+        hit = sum(any(abs(e.index - t.index) <= 1 and e.cause == "epoch_boundary" for e in f) for c, f in zip(staircases, found) for t in c.truth)
+        extra = sum(1 for c, f in zip(staircases, found) for e in f if not any(abs(e.index - t.index) <= MATCH_POINTS for t in c.truth))
+        print(f"  SmolLM2-like staircase, noise {noise:.2f}: {hit}/{5 * len(staircases)} epoch boundaries found as epoch_boundary drops, {extra} other drops")
     small = sum(1 for c, f in zip(cases, offline) if not c.truth for k, _, _ in f if k == "small_drop")
     print(f"  small drops reported on curves without events: {small}")
     print(f"  drop causes named right: {causes_right(cases)}")

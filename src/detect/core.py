@@ -18,6 +18,7 @@ from src.detect.causes import DropContext, describe_nonfinite, describe_stall, e
 from src.detect.rules import (
     EPOCH_MIN_POINTS,
     FRESH_WINDOWS,
+    NOISE_FLOOR,
     NOISE_POINTS,
     SPIKE_SPAN,
     ZERO_MASK_FLOOR,
@@ -52,12 +53,12 @@ def detect(curve, **settings) -> list[Event]:
     index = np.flatnonzero(np.isfinite(loss) & (loss > 0))
     y = np.log(loss[index])
     m = window_medians(y, cfg.window)
-    diffs = np.abs(np.diff(y))
+    noise = NoiseBefore(np.abs(np.diff(y)))
     steps, epoch = curve.step[index], curve.epoch[index]
-    events += spikes(y, m, diffs, steps, cfg, index)
-    found = epoch_drops(y, diffs, epoch, steps, cfg)
+    events += spikes(y, m, noise, steps, cfg, index)
+    found = epoch_drops(y, noise, epoch, steps, cfg)
     for scale in cfg.scales:
-        found += drops_at_scale(y, m, diffs, epoch, steps, scale, cfg)
+        found += drops_at_scale(y, m, noise, epoch, steps, scale, cfg)
     stalls = [e.index for e in events if e.kind == "stall"]
     drops = [(b, e) for b, e in keep_first_decided(found, cfg, len(y)) if not into_stall(index[b], stalls)]
     others = [(e.step, math.log(e.level_before), math.log(e.level_after)) for _, e in drops]
@@ -72,19 +73,29 @@ def detect(curve, **settings) -> list[Event]:
     return sorted(events, key=lambda e: (e.step, e.kind))
 
 
-def noise_before(diffs: np.ndarray, c) -> np.ndarray:
-    """Noise scale from the differences among the NOISE_POINTS points before each c."""
-    c = np.atleast_1d(c)
-    sigma = np.empty(len(c))
-    full = c >= NOISE_POINTS
-    if full.any():
-        sigma[full] = noise_scale(sliding_window_view(diffs, NOISE_POINTS - 1)[c[full] - NOISE_POINTS])
-    for i in np.flatnonzero(~full):
-        sigma[i] = noise_scale(diffs[: max(c[i] - 1, 1)])
-    return sigma
+class NoiseBefore:
+    """noise(c): the noise scale from the differences among the NOISE_POINTS points before
+    each candidate c (fewer near the start of the curve)."""
+
+    def __init__(self, diffs: np.ndarray):
+        self.diffs = diffs
+        # Near the start the window is all the differences so far: one row per candidate.
+        count = min(NOISE_POINTS, len(diffs) + 1)
+        j = np.arange(max(count - 1, 1))
+        head = np.where(j[None, :] < np.maximum(np.arange(count)[:, None] - 1, 1), diffs[j] if len(diffs) else np.nan, np.nan)
+        self.head = np.maximum(np.nanmedian(head, axis=1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR) if len(diffs) else None
+
+    def __call__(self, c) -> np.ndarray:
+        c = np.atleast_1d(c)
+        sigma = np.empty(len(c))
+        full = c >= NOISE_POINTS
+        if full.any():
+            sigma[full] = noise_scale(sliding_window_view(self.diffs, NOISE_POINTS - 1)[c[full] - NOISE_POINTS])
+        sigma[~full] = self.head[c[~full]] if (~full).any() else 0.0
+        return sigma
 
 
-def drops_at_scale(y, m, diffs, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+def drops_at_scale(y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """(scale, boundary, decided, event) for each drop cluster at scale s; boundary and
     decided are positions in the valid series. In the fresh phase (the first FRESH_WINDOWS
     windows) a candidate also needs the right-hand trend, so it is decided s points later."""
@@ -92,15 +103,15 @@ def drops_at_scale(y, m, diffs, epoch, steps, s: int, cfg: Settings) -> list[tup
     out = []
     for lag, first, stop in ((2 * s, 2 * s, min(fresh_end, n - 2 * s + 1)), (s, max(2 * s, fresh_end), n - s + 1)):
         if stop > first:
-            out += scan(np.arange(first, stop), lag, y, m, diffs, epoch, steps, s, cfg)
+            out += scan(np.arange(first, stop), lag, y, m, noise, epoch, steps, s, cfg)
     return out
 
 
-def scan(c, lag: int, y, m, diffs, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+def scan(c, lag: int, y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """Evaluate candidates c (in order) and group those that pass into clusters."""
-    kind, z, fall, L, R = candidates(c, lag, m, lambda at: noise_before(diffs, at), epoch, s, cfg)
+    kind, z, fall, L, R = candidates(c, lag, m, noise, epoch, s, cfg)
     out, cluster, refractory = [], None, -1
-    for i in np.flatnonzero(continues(kind, z, cfg)).tolist():
+    for i in np.flatnonzero(continues(kind, z, cfg)).tolist():  # few: most candidates fail
         ci = int(c[i])
         if cluster is not None and ci >= cluster.closes_at(s):
             out.append(close_cluster(cluster, y, steps, s, lag, cfg, len(y)))
@@ -128,6 +139,8 @@ def candidates(c, lag: int, m, noise, epoch, s: int, cfg: Settings):
         z = float(fall / (noise(c) * score_scale(s)))
     else:
         z, at = np.zeros(len(c)), np.flatnonzero(plausible)
+        if len(at) == 0:
+            return np.zeros(len(c), int), z, fall, L, R
         z[at] = fall[at] / (noise(c[at]) * score_scale(s))
     kind = drop_kind(fall, z, epoch_crossing(epoch[c - 2], epoch[c + 1]), cfg) * plausible
     return kind, z, fall, L, R
@@ -149,7 +162,7 @@ def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, a
     return s, boundary, decided, drop_event(cluster, int(steps[boundary]), int(steps[decided]))
 
 
-def epoch_drops(y, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
+def epoch_drops(y, noise, epoch, steps, cfg: Settings) -> list[tuple]:
     """Drops at epoch boundaries, tested with windows inside the epochs on either side."""
     n = len(y)
     crossings = (np.flatnonzero(epoch_crossing(epoch[:-1], epoch[1:])) + 1).tolist()
@@ -164,11 +177,11 @@ def epoch_drops(y, diffs, epoch, steps, cfg: Settings) -> list[tuple]:
             decided = c + 2 * k - 1
         else:  # the streaming face decides when the next epoch begins, or at the end
             decided = following if following is not None and following < c + 2 * k else n - 1
-        found.append(epoch_drop(c, k, y, diffs[max(c - NOISE_POINTS, 0) : c - 1], steps, right_end, decided, cfg))
+        found.append(epoch_drop(c, k, y, float(noise(c)[0]), steps, right_end, decided, cfg))
     return [f for f in found if f]
 
 
-def epoch_drop(c: int, k: int, y, abs_diffs: np.ndarray, steps, right_end: int, decided: int, cfg: Settings):
+def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: int, cfg: Settings):
     """The drop at the epoch boundary c (k points per window; the new epoch's points known so
     far end at right_end), or None. Shared by both faces."""
     Lc, L, R = window_median(y[c - 2 * k : c - k]), window_median(y[c - k : c]), window_median(y[c : c + k])
@@ -176,7 +189,7 @@ def epoch_drop(c: int, k: int, y, abs_diffs: np.ndarray, steps, right_end: int, 
     fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg)
     if not plausible:
         return None
-    z = float(fall / (noise_scale(abs_diffs) * score_scale(k)))
+    z = float(fall / (sigma * score_scale(k)))
     kind = int(drop_kind(fall, z, True, cfg))
     if not kind:
         return None
@@ -232,7 +245,7 @@ def drop_context(arrays, take, at: int, event: Event, cfg: Settings, eval_step, 
     )
 
 
-def spikes(y, m, diffs, steps, cfg: Settings, index) -> list[Event]:
+def spikes(y, m, noise, steps, cfg: Settings, index) -> list[Event]:
     """Spike events over the valid series (see spike_rule)."""
     w = cfg.window
     a = np.arange(w, len(y) - SPIKE_SPAN + 2)
@@ -241,7 +254,7 @@ def spikes(y, m, diffs, steps, cfg: Settings, index) -> list[Event]:
     a = a[y[a] - m[a - w] >= math.log1p(cfg.spike_rise)]  # cheap: necessary for any spike
     if len(a) == 0:
         return []
-    sigma = noise_before(diffs, a)
+    sigma = noise(a)
     found, points_up, peak = spike_rule(sliding_window_view(y, SPIKE_SPAN)[a - 1], m[a - w], sigma, cfg)
     return [
         spike_event(int(a[i]), int(points_up[i]), float(m[a[i] - w]), float(peak[i]), float(sigma[i]), steps, int(index[a[i]]))

@@ -223,7 +223,7 @@ class StreamingDetector:
         return events
 
     def _epoch_test(self, c: int, k: int, right_end: int, decided: int) -> list[Event]:
-        found = epoch_drop(c, k, self._y, self._abs_diffs(c), self._ctx["step"], right_end, decided, self.cfg)
+        found = epoch_drop(c, k, self._y, float(noise_scale(self._abs_diffs(c))), self._ctx["step"], right_end, decided, self.cfg)
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found, held: bool = False) -> list[Event]:
