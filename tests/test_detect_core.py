@@ -156,6 +156,12 @@ def test_constant_series_is_a_stall():
     assert [(e.kind, e.step, e.cause) for e in events] == [("stall", 0, "frozen_loss")]
 
 
+def test_tiny_rounded_losses_that_repeat_are_no_stall():
+    # Older loggers round the loss to 4 decimals: a memorised run at 0.0002 repeats exactly.
+    loss = np.round(np.concatenate([power_law(n=200).loss, np.full(50, 0.0002)]), 4)
+    assert [e.kind for e in detect(Curve(step=np.arange(250), loss=loss)) if e.kind == "stall"] == []
+
+
 def test_unsorted_and_duplicated_steps_are_sorted_and_the_last_row_wins():
     curve = Curve.from_records([{"step": 3, "loss": 3.0}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 2.5}])
     assert curve.step.tolist() == [1, 2, 3] and curve.loss.tolist() == [1.0, 2.5, 3.0]

@@ -17,6 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from src.detect.causes import DropContext, describe_nonfinite, describe_stall, explain_drop
 from src.detect.rules import (
     EPOCH_MIN_POINTS,
+    FROZEN_LOSS_FLOOR,
     FRESH_WINDOWS,
     NOISE_FLOOR,
     NOISE_POINTS,
@@ -321,10 +322,11 @@ def run_lengths(mask: np.ndarray) -> np.ndarray:
 
 def stall_events(curve, cfg: Settings) -> list[Event]:
     """A stall: the loss repeats exactly, or grad_norm is exactly zero, for stall_points logged
-    points in a row while the lr is not zero (a model that has stopped learning)."""
+    points in a row while the lr is not zero (a model that has stopped learning). A repeated
+    loss below FROZEN_LOSS_FLOOR does not count: that is a rounded log of a tiny loss."""
     loss, lr, grad, steps = curve.loss, curve.lr, curve.grad_norm, curve.step
     same = np.zeros(len(loss), bool)
-    same[1:] = (loss[1:] == loss[:-1]) & np.isfinite(loss[1:]) & (loss[1:] > 0) & (lr[1:] != 0)
+    same[1:] = (loss[1:] == loss[:-1]) & np.isfinite(loss[1:]) & (loss[1:] > FROZEN_LOSS_FLOOR) & (lr[1:] != 0)
     same_run = np.where(same, run_lengths(same) + 1, 1)
     zero_run = run_lengths(grad == 0)
     events = []

@@ -43,6 +43,7 @@ SPIKE_MAX_POINTS = 3  # longer upward excursions are not spikes
 SPIKE_RETURN_POINTS = 3  # points after the excursion that must be back near the level
 SPIKE_SPAN = 1 + SPIKE_MAX_POINTS + SPIKE_RETURN_POINTS  # y[a-1 : a+6] decides a spike at a
 ZERO_MASK_FLOOR = 1e-3  # an exact 0.0 after losses above this is a NaN the logger hid
+FROZEN_LOSS_FLOOR = 0.01  # below this, a repeated loss is more likely rounding (4 decimals) than a frozen model
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from src.detect.core import (
 from src.detect.rules import (
     EPOCH_MIN_POINTS,
     FRESH_WINDOWS,
+    FROZEN_LOSS_FLOOR,
     NOISE_POINTS,
     SPIKE_SPAN,
     ZERO_MASK_FLOOR,
@@ -126,7 +127,7 @@ class StreamingDetector:
         self._bad_open = bad
         if positive:
             self._last_positive = loss
-        same = loss == self._previous_loss and positive and lr != 0
+        same = loss == self._previous_loss and positive and loss > FROZEN_LOSS_FLOOR and lr != 0
         self._same_run = self._same_run + 1 if same else 1
         self._zero_run = self._zero_run + 1 if grad == 0 else 0
         if not (same or grad == 0):
