@@ -1,6 +1,6 @@
 """Benchmark of the loss-anomaly detector against ruptures PELT and river PageHinkley.
 
-    python -m src.bench.detect              # the full run (about 2 minutes on 2 CPU cores)
+    python -m src.bench.detect              # the full run (about a minute on 2 CPU cores)
     python -m src.bench.detect --quick      # a smaller suite, for a first look
     python -m src.bench.detect --set min_score=4.5    # with other detector settings
 

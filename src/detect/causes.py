@@ -5,7 +5,8 @@ The known mechanisms, strongest evidence first:
 - nan_masked_as_zero: NaN/inf losses next to the drop; the HF Trainer's default
   `logging_nan_inf_filter` logs a window of NaN as 0.0 (and part-NaN intervals as lower losses).
 - resume: the log goes back in steps there (a run resumed from a checkpoint replays data).
-- batch_change: tokens per step (gradient accumulation, batch size) or step time changes there.
+- batch_change: tokens per step (gradient accumulation, batch size) changes there (a change
+  in step time is reported as evidence, not as the cause: a busy machine does that too).
 - lr_schedule: the learning rate jumps or falls abruptly there (step decay, restart).
 - epoch_boundary: an epoch ends there; when the eval loss does not follow, the model is
   memorising the training set (each new epoch starts lower than the last one ended).
@@ -57,19 +58,21 @@ class DropContext:
     eval_loss: np.ndarray = field(default_factory=lambda: np.empty(0))
     restarts: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     nonfinite: list = field(default_factory=list)  # nonfinite Events known so far
-    other_drops: list = field(default_factory=list)  # (step, level_before, level_after, at_epoch)
+    other_drops: list = field(default_factory=list)  # (step, log level_before, log level_after)
 
 
 def explain_drop(ctx: DropContext) -> tuple[str, list[str]]:
     """The most likely cause and every piece of evidence found (the cause's own first)."""
     found = []
-    for check in (_nonfinite, _resume, _batch_change, _lr_jump, _epoch_boundary, _warmup_end, _recurring):
+    for check in (_nonfinite, _resume, _batch_change, _lr_jump, _epoch_boundary, _warmup_end, _recurring, _step_time):
         result = check(ctx)
         if result:
             found.append(result)
-    if not found:
-        return "unexplained", ["no epoch boundary, lr change, resume, batch change or non-finite loss nearby"]
-    return found[0][0], [text for _, text in found]
+    causes = [cause for cause, _ in found if cause]
+    if not causes:
+        nothing = "no epoch boundary, lr change, resume, batch change or non-finite loss nearby"
+        return "unexplained", [nothing] + [text for _, text in found]
+    return causes[0], [text for _, text in sorted(found, key=lambda f: f[0] != causes[0])]
 
 
 def at_epoch_boundary(epoch: np.ndarray, at: int) -> bool:
@@ -99,19 +102,31 @@ def _resume(ctx: DropContext):
 
 
 def _batch_change(ctx: DropContext):
-    before, after = slice(max(ctx.at - ctx.window, 0), ctx.at), slice(ctx.at, ctx.at + ctx.window)
     rate = _tokens_per_step(ctx.tokens, ctx.step)
-    for values, name, threshold, unit in ((rate, "tokens per step", BATCH_CHANGE, ""), (ctx.step_time_s, "step time", STEP_TIME_CHANGE, " s")):
-        a, b = _median(values[before]), _median(values[after])
-        if a > 0 and b > 0 and abs(b / a - 1) >= threshold:
-            return "batch_change", f"{name} changed from {a:.4g}{unit} to {b:.4g}{unit} (batch size or gradient accumulation)"
+    a, b = _around(rate, ctx)
+    if a > 0 and b > 0 and abs(b / a - 1) >= BATCH_CHANGE:
+        return "batch_change", f"tokens per step changed from {a:.4g} to {b:.4g} (batch size or gradient accumulation)"
     return None
 
 
+def _step_time(ctx: DropContext):
+    """Evidence only: step time also changes when the machine is busy or an eval runs."""
+    a, b = _around(ctx.step_time_s, ctx)
+    if a > 0 and b > 0 and abs(b / a - 1) >= STEP_TIME_CHANGE:
+        return None, f"step time changed from {a:.3g} s to {b:.3g} s (a batch or accumulation change would do that)"
+    return None
+
+
+def _around(values: np.ndarray, ctx: DropContext) -> tuple[float, float]:
+    """Median of `values` over a window before the drop and one from it on."""
+    return _median(values[max(ctx.at - ctx.window, 0) : ctx.at]), _median(values[ctx.at : ctx.at + ctx.window])
+
+
 def _tokens_per_step(tokens: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Tokens per step whether the log holds per-step counts or a running total."""
+    """Tokens per step whether the log holds per-step counts or a running total (which
+    grows at every logged step)."""
     finite = tokens[np.isfinite(tokens)]
-    if len(finite) > 2 and np.all(np.diff(finite) >= 0) and finite[-1] > 2 * finite[0] > 0:
+    if len(finite) > 2 and np.all(np.diff(finite) > 0):
         rate = np.full(len(tokens), np.nan)
         rate[1:] = np.diff(tokens) / np.maximum(np.diff(step), 1)
         return rate
