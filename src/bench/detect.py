@@ -183,6 +183,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="8 curves per family, no long speed curve")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a detector setting (conf/detector/default.yaml)")
     args = parser.parse_args(argv)
+    try:
+        import river  # noqa: F401
+        import ruptures  # noqa: F401
+    except ImportError as error:
+        raise SystemExit(f"the benchmark runs the baselines too, and {error.name} is missing: pip install ruptures river") from None
     for item in args.set:
         key, value = item.split("=", 1)
         SETTINGS[key] = type(getattr(Settings(), key))(value)
