@@ -62,3 +62,20 @@ def test_fast_path_dequantizes_a_quantized_base(quant):
     # bitsandbytes computes in its own precision; the dequantized copy in float32: close, not always identical
     if not summary["gen_fast_same_tokens"]:
         assert 0 <= summary["gen_fast_first_divergence"] < 8
+
+
+def test_cli_answers_from_a_finished_run(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    run = run_cli(["debug=default", "quant=nf4", f"hydra.run.dir={tmp_path}"])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    result = run_cli([str(tmp_path), "What is the capital of Velmora?", "--compare", "--json", "--max-new-tokens", "4"],
+                     module="src.generate")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout[result.stdout.index("{"):])
+    assert out["fast"]["new_tokens"] == out["plain"]["new_tokens"] > 0
+    assert out["fast"]["path"].endswith("uncompiled")  # no compilation on the CPU
+    assert "first_divergence" in out
