@@ -151,6 +151,13 @@ def test_bad_series_do_not_crash(loss):
     detector.finish()
 
 
+def test_streaming_takes_odd_values_without_crashing():
+    detector = StreamingDetector()
+    for step, loss in [(1, 2.0), ("2", "1.9"), (None, 1.8), ("x", 1.7), (3.0, None), (4, "abc"), (5, float("inf")), (6, -1.0), (7, 1.5)]:
+        detector.update(step, loss, lr="2e-4", epoch=None, grad_norm="nan")
+    assert [e.kind for e in detector.finish()] == []
+
+
 def test_constant_series_is_a_stall():
     events = detect(Curve(step=np.arange(100), loss=np.full(100, 2.3)))
     assert [(e.kind, e.step, e.cause) for e in events] == [("stall", 0, "frozen_loss")]

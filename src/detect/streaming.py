@@ -83,12 +83,16 @@ class StreamingDetector:
         self._same_run, self._zero_run, self._stall_open, self._bad_open = 1, 0, False, False
 
     def update(self, step, loss, **ctx) -> list[Event]:
+        step = _number(step)
+        if not math.isfinite(step):
+            return []  # a row without a usable step says nothing about when
+        step = int(step)
         eval_loss = ctx.get("eval_loss")
         if eval_loss is not None:
-            self._evals.append((int(step), _number(eval_loss)))
+            self._evals.append((step, _number(eval_loss)))
             if loss is None:
                 return []
-        step, loss = int(step), _number(loss)
+        loss = _number(loss)
         if self._last_step is not None and step <= self._last_step:
             self._restart(step)
         self._last_step = step
