@@ -62,7 +62,7 @@ def run(job, hydra_cfg) -> dict:
         return _failed(job, str(exc))
     with _gpu_slot(job.cfg, job.device, multirun) as gpu:
         if multirun and gpu is not None:
-            sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, gpu=gpu)
+            sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, gpu=gpu, gpu_since=sweep.now())
         return _run_child(job, hydra_cfg, python, gpu)
 
 
