@@ -32,8 +32,10 @@ def sweep(tmp_path_factory, name, overrides):
 
 @pytest.fixture(scope="module")
 def quant_sweep(tmp_path_factory):
+    # sweep.gpus=null: the 12 jobs share one process (no per-GPU child), so start-up is paid once;
+    # the optimizer sweep below goes through the default path, a child process per job.
     jobs, _ = sweep(tmp_path_factory, "gpu_quant", [f"quant={','.join(MODES)}",
-                                                    f"quant.compute_dtype={','.join(COMPUTE)}"])
+                                                    f"quant.compute_dtype={','.join(COMPUTE)}", "sweep.gpus=null"])
     return {(quant, dtype): run_dir for (quant, dtype, _), run_dir in jobs.items()}
 
 
