@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import sys
 import time
@@ -146,6 +147,12 @@ def synthetic_sweep(runs: int, steps: int, cache: Path | None = None) -> Path:
     return sweep_dir
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the report's worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.bench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
@@ -158,17 +165,21 @@ def main(argv=None) -> int:
     out = sweep_dir.parent / f"{sweep_dir.name}-report"
     from src.report import make_report, write_report
 
+    load = os.getloadavg()[0]
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     report = make_report(sweep_dir, jobs=args.jobs)
     write_report(report, out)
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_before
     points = sum(r.analysis.points for r in report.sweep.runs if r.analysis is not None)
     phases = ", ".join(f"{name} {s:.2f} s" for name, s in report.timings.items())
     print(f"verdict: {report.verdict}")
     print(f"report of {len(report.sweep.runs)} runs x {args.steps} steps ({points / 1e6:.1f} M points, "
           f"{os.cpu_count()} CPU cores): {phases}")
     print(f"total {seconds:.2f} s = {seconds / args.budget:.2f} x the {args.budget:.0f} s budget "
-          f"({points / seconds / 1e6:.2f} M points/s) -> {out}")
+          f"({points / seconds / 1e6:.2f} M points/s; {cpu:.1f} CPU seconds; load average {load:.1f} "
+          f"before the run) -> {out}")
     return 0 if seconds <= args.budget else 1
 
 

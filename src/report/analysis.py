@@ -26,10 +26,25 @@ PARALLEL_FROM = 16  # fewer runs than this are analysed in this process
 TRUNCATED_NOTE = "ignored a truncated last line (the run was probably killed)"
 
 Number = Union[float, str, None]
+NAN = math.nan
+
+
+class _Finite(msgspec.Struct, gc=False):
+    """The common metrics.jsonl row: every value a number; a key the row lacks reads nan.
+    Other keys are ignored."""
+
+    step: float = NAN
+    loss: float = NAN
+    epoch: float = NAN
+    lr: float = NAN
+    grad_norm: float = NAN
+    tokens: float = NAN
+    step_time_s: float = NAN
+    eval_loss: float = NAN
 
 
 class _Row(msgspec.Struct, gc=False):
-    """A metrics.jsonl row; other keys are ignored. Non-finite numbers are written as strings."""
+    """Any metrics.jsonl row: a non-finite number is written as a string ("nan", "inf")."""
 
     step: Optional[float] = None
     loss: Number = None
@@ -41,7 +56,7 @@ class _Row(msgspec.Struct, gc=False):
     eval_loss: Number = None
 
 
-_DECODER = msgspec.json.Decoder(_Row)
+_FINITE, _ANY = msgspec.json.Decoder(_Finite), msgspec.json.Decoder(_Row)
 
 
 def read_curve(path) -> Curve:
@@ -54,42 +69,52 @@ def read_curve(path) -> Curve:
     return load_curve(path)
 
 
+def _decode(raw: bytes):
+    """(rows, all numbers finite, notes), trying the cheaper row type first; rows is None when
+    the file is not JSON lines that msgspec can read."""
+    notes = []
+    for attempt in ("whole", "cut"):
+        if attempt == "cut":  # a killed run leaves half a last line
+            raw = raw[: raw.rfind(b"\n", 0, len(raw.rstrip())) + 1]
+            notes = [TRUNCATED_NOTE]
+        for decoder in (_FINITE, _ANY):
+            try:
+                return decoder.decode_lines(raw), decoder is _FINITE, notes
+            except msgspec.ValidationError:  # a value the cheaper type does not take
+                continue
+            except msgspec.DecodeError:  # not JSON (there)
+                break
+    return None, False, notes
+
+
 def _fast_metrics(path: str) -> Curve | None:
     """A dropsweep metrics.jsonl as a Curve, or None to leave it to load_curve."""
     with open(path, "rb") as f:
-        raw = f.read()
-    notes = []
-    try:
-        rows = _DECODER.decode_lines(raw)
-    except msgspec.DecodeError:
-        cut = raw.rfind(b"\n", 0, len(raw.rstrip()))
-        try:
-            rows = _DECODER.decode_lines(raw[: cut + 1])
-        except msgspec.DecodeError:
-            return None
-        notes.append(TRUNCATED_NOTE)
+        rows, finite, notes = _decode(f.read())
     if not rows:
         return None
     # One comprehension per field with plain attribute access: the fastest way out of Python here.
-    losses, evals = [r.loss for r in rows], [r.eval_loss for r in rows]
+    steps, losses, evals = [r.step for r in rows], [r.loss for r in rows], [r.eval_loss for r in rows]
     columns = {"epoch": [r.epoch for r in rows], "lr": [r.lr for r in rows], "grad_norm": [r.grad_norm for r in rows],
                "tokens": [r.tokens for r in rows], "step_time_s": [r.step_time_s for r in rows]}
-    try:
-        steps = _column([r.step for r in rows])
-        loss, eval_loss = _column(losses), _column(evals)  # "nan"/"inf" strings become nan/inf
-        aligned = {name: _column(values) for name, values in columns.items()}
-    except (TypeError, ValueError):  # a value that is not a number or one of the non-finite strings
+    if finite:
+        step, loss, eval_loss = np.array(steps), np.array(losses), np.array(evals)
+        aligned = {name: np.array(values) for name, values in columns.items()}
+        is_train, is_eval = ~np.isnan(loss), ~np.isnan(eval_loss)
+    else:
+        try:
+            step, loss, eval_loss = _column(steps), _column(losses), _column(evals)  # "nan" -> nan
+            aligned = {name: _column(values) for name, values in columns.items()}
+        except (TypeError, ValueError):  # a value that is not a number or one of the non-finite strings
+            return None
+        is_train = _present(losses)
+        is_eval = _present(evals, among=np.flatnonzero(~is_train))
+    if not np.isfinite(step).all() or np.any(step != np.round(step)) or not is_train.any():
         return None
-    if not np.isfinite(steps).all() or np.any(steps != np.round(steps)):
-        return None
-    is_train = _present(losses)
-    is_eval = _present(evals, among=np.flatnonzero(~is_train))
-    if not is_train.any():
-        return None
-    train_steps = steps[is_train].astype(np.int64)
+    train_steps = step[is_train].astype(np.int64)
     keep = _last_of_each(train_steps)
     went_back = np.flatnonzero(np.diff(train_steps) <= 0) + 1
-    eval_steps = steps[is_eval].astype(np.int64)
+    eval_steps = step[is_eval].astype(np.int64)
     eval_keep = _last_of_each(eval_steps)
     return Curve(step=train_steps[keep], loss=loss[is_train][keep],
                  **{name: values[is_train][keep] for name, values in aligned.items()},

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from src.detect.plot import MARKERS  # noqa: E402
 from src.report.analysis import PARALLEL_FROM  # noqa: E402
@@ -24,6 +24,7 @@ from src.report.analysis import PARALLEL_FROM  # noqa: E402
 MAX_LEVELS = 8  # a factor with more levels gets no figure (its table says it all)
 MAX_FIGURES = 6  # factor figures at most
 GRID_RUNS = 24  # sweeps up to this size also get one panel per run
+CROWDED = 20  # runs in a panel beyond which lines are drawn plainly and only first events marked
 OUTCOME_COLOURS = (("nonfinite", "black"), ("stall", "tab:brown"), ("drop", "tab:red"))
 PLAIN = "tab:blue"
 
@@ -101,6 +102,7 @@ def overlay_figure(groups) -> bytes:
     cols = min(len(groups), 4)
     rows = math.ceil(len(groups) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.6, 3.2 * rows), dpi=100, sharey=True, squeeze=False)
+    layout(fig, rows, cols)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     for ax, (title, members) in zip(axes.flat, groups):
@@ -108,8 +110,9 @@ def overlay_figure(groups) -> bytes:
         for colour in {run_colour(r) for r in members}:
             mine = [r for r in members if run_colour(r) == colour]
             lines = [np.column_stack([r.analysis.preview_step, r.analysis.preview_loss]) for r in mine]
-            ax.add_collection(LineCollection(lines, colors=colour, linewidths=0.9, alpha=alpha))
-        mark_events(ax, members, labels=len(members) <= 4)
+            ax.add_collection(LineCollection(lines, colors=colour, linewidths=0.9, alpha=alpha,
+                                             antialiaseds=len(members) <= CROWDED))
+        mark_events(ax, members, labels=len(members) <= 4, first_only=len(members) > CROWDED)
         counts = ", ".join(f"{sum(1 for r in members if run_colour(r) == c)} {k}" for k, c in OUTCOME_COLOURS
                            if any(run_colour(r) == c for r in members))
         ax.set_title(f"{title}\n{len(members)} run{'s' if len(members) > 1 else ''}" + (f" ({counts})" if counts else ""),
@@ -122,6 +125,7 @@ def grid_figure(runs, factors) -> bytes:
     cols = min(len(runs), 4)
     rows = math.ceil(len(runs) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.6, 2.9 * rows), dpi=100, squeeze=False)
+    layout(fig, rows, cols)
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax, run in zip(axes.flat, runs):
@@ -138,13 +142,16 @@ def grid_figure(runs, factors) -> bytes:
     return save(fig)
 
 
-def mark_events(ax, runs, labels: bool) -> None:
+def mark_events(ax, runs, labels: bool, first_only: bool = False) -> None:
+    """Event markers; in a crowded panel only each run's first event of each kind, smaller."""
     points = {}
     for run in runs:
         a = run.analysis
+        marked = set()
         for event in a.events:
-            if event["kind"] == "small_drop":
+            if event["kind"] == "small_drop" or (first_only and event["kind"] in marked):
                 continue
+            marked.add(event["kind"])
             y = event.get("level_after") if event["kind"] in ("drop", "spike") else None
             if not y or not math.isfinite(y):
                 y = float(np.interp(event["step"], a.preview_step, np.nan_to_num(a.preview_loss, nan=np.nanmax(a.preview_loss))))
@@ -152,7 +159,8 @@ def mark_events(ax, runs, labels: bool) -> None:
     for kind, found in points.items():
         marker, colour = MARKERS.get(kind, ("o", "gray"))
         xs, ys = [p[0] for p in found], [p[1] for p in found]
-        ax.scatter(xs, ys, marker=marker, color=colour, s=28, zorder=3, label=kind, linewidths=0)
+        ax.scatter(xs, ys, marker=marker, color=colour, s=14 if first_only else 28, zorder=3, label=kind, linewidths=0,
+                   alpha=0.7 if first_only else 1.0)
         if labels:
             for x, y, event in found[:12]:
                 text = f"{event['rel_drop']:.0%}" if event.get("rel_drop") else kind
@@ -160,17 +168,41 @@ def mark_events(ax, runs, labels: bool) -> None:
 
 
 def finish_axes(ax) -> None:
+    """Log y axis with a few plainly labelled ticks (matplotlib's own log ticks and a tight
+    layout cost more than drawing a thousand curves)."""
     ax.set_yscale("log")
     ax.autoscale_view()
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-    ax.set_xlabel("step", fontsize=8)
+    low, high = ax.get_ylim()
+    ax.set_yticks(log_ticks(low, high))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(low, high)
+    ax.set_xlabel("step", fontsize=8, labelpad=1)
     ax.tick_params(labelsize=7)
     ax.grid(True, which="major", color="0.93", lw=0.6)
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks per decade; for a narrow range, about five evenly spaced (in log) round values."""
+    if not (math.isfinite(low) and math.isfinite(high)) or low <= 0 or high <= low:
+        return []
+    decades = math.log10(high / low)
+    if decades >= 1:
+        step = (1,) if decades > 4 else (1, 2, 5)
+        return [m * 10.0**e for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+                for m in step if low <= m * 10.0**e <= high]
+    values = {float(f"{v:.2g}") for v in np.geomspace(low, high, 5)}
+    return sorted(v for v in values if low <= v <= high)
+
+
+def layout(fig, rows: int, cols: int) -> None:
+    """Fixed margins in inches (a tight layout would draw every tick twice)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.45 / height, top=1 - 0.5 / height,
+                        wspace=0.22, hspace=0.9 / (height / rows - 0.9))
+
+
 def save(fig) -> bytes:
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

@@ -19,6 +19,8 @@ def interesting_first(runs) -> list:
 
 def print_report(report, console: Console | None = None, max_rows: int = 30) -> None:
     console = console or Console()
+    if not console.is_terminal:  # a log file or a pipe: no need to squeeze into 80 columns
+        console.width = max(console.width, 160)
     sweep, att = report.sweep, report.attribution
     console.print(f"[bold]dropsweep report[/bold] {sweep.path}  ({len(sweep.runs)} runs, {report.seconds:.1f} s)")
     console.print(f"[bold]{report.verdict}[/bold]", highlight=False)
@@ -26,7 +28,7 @@ def print_report(report, console: Console | None = None, max_rows: int = 30) -> 
         table = Table(show_edge=False, pad_edge=False, header_style="bold")
         for name in ("run", "factors", "status", "steps", "final", "best", "drops", "stall", "spike", "nan", "tok/s"):
             table.add_column(name, justify="right" if name in ("steps", "final", "best", "tok/s") else "left",
-                             overflow="fold")
+                             overflow="fold", no_wrap=name in ("run", "status", "steps", "final", "best", "tok/s"))
         shown = interesting_first(sweep.runs) if len(sweep.runs) > max_rows else sweep.runs
         for run in shown[:max_rows]:
             a, s = run.analysis, run.summary

@@ -35,7 +35,9 @@ def drop_causes(events: list[dict]) -> str:
             elif not memorised:
                 text += " (likely memorisation)"
         return text
-    return ", ".join(f"{n} {CAUSES.get(c, c)}" for c, n in causes.most_common())
+    ranked = causes.most_common()
+    text = ", ".join(f"{n} {CAUSES.get(c, c)}" for c, n in ranked[:3])
+    return text + (f", {sum(n for _, n in ranked[3:])} other" if len(ranked) > 3 else "")
 
 
 def what_happened(runs: list, attribution: Attribution) -> str:
