@@ -29,33 +29,11 @@ Number = Union[float, str, None]
 NAN = math.nan
 
 
-class _Finite(msgspec.Struct, gc=False):
-    """The common metrics.jsonl row: every value a number; a key the row lacks reads nan.
-    Other keys are ignored."""
-
-    step: float = NAN
-    loss: float = NAN
-    epoch: float = NAN
-    lr: float = NAN
-    grad_norm: float = NAN
-    tokens: float = NAN
-    step_time_s: float = NAN
-    eval_loss: float = NAN
-
-
-class _Row(msgspec.Struct, gc=False):
-    """Any metrics.jsonl row: a non-finite number is written as a string ("nan", "inf")."""
-
-    step: Optional[float] = None
-    loss: Number = None
-    epoch: Number = None
-    lr: Number = None
-    grad_norm: Number = None
-    tokens: Number = None
-    step_time_s: Number = None
-    eval_loss: Number = None
-
-
+FIELDS = ("step", "loss", "epoch", "lr", "grad_norm", "tokens", "step_time_s", "eval_loss")
+# The common row: every value a number, a key the row lacks reads nan. Any row: a non-finite
+# number is written as a string ("nan", "inf"), a missing key reads None. Other keys are ignored.
+_Finite = msgspec.defstruct("_Finite", [(name, float, NAN) for name in FIELDS], gc=False)
+_Row = msgspec.defstruct("_Row", [(name, Optional[float] if name == "step" else Number, None) for name in FIELDS], gc=False)
 _FINITE, _ANY = msgspec.json.Decoder(_Finite), msgspec.json.Decoder(_Row)
 
 
