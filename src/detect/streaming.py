@@ -71,6 +71,7 @@ class StreamingDetector:
         self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k) to test
         self._held = []  # small drops waiting until no full drop can come for them: (due, scale, found)
         self._seen = 0  # all points seen
+        self._noise_cache: dict[int, float] = {}  # valid position -> noise scale before it
         self._clusters: dict[tuple[int, int], Cluster] = {}  # open cluster per (scale, lag)
         self._refractory: dict[tuple[int, int], int] = {}
         self._kept = deque(maxlen=64)  # (scale, boundary, kind) of reported drops
@@ -156,8 +157,13 @@ class StreamingDetector:
         if len(y) >= 2 * self._keep:
             self._forget(len(y) - self._keep)
         y.append(math.log(loss))
-        for name, value in zip(self.CONTEXT, (step, _number(ctx.get("epoch")), lr, _number(ctx.get("tokens")), _number(ctx.get("step_time_s")), self._seen)):
-            self._ctx[name].append(value)
+        context = self._ctx
+        context["step"].append(step)
+        context["epoch"].append(_number(ctx.get("epoch")))
+        context["lr"].append(lr)
+        context["tokens"].append(_number(ctx.get("tokens")))
+        context["step_time_s"].append(_number(ctx.get("step_time_s")))
+        context["index"].append(self._seen)
         if len(y) >= w:
             self._m.append(window_median(y[-w:]))
         n, base = len(y), self._base  # n: list position of the next point; base + n: valid points seen
@@ -171,14 +177,23 @@ class StreamingDetector:
                 events += self._drop_candidate(n - s, s, s)
         return events + self._release_small_drops(base + n - 1)
 
-    def _abs_diffs(self, c: int) -> np.ndarray:
-        return np.abs(np.diff(self._y[max(c - NOISE_POINTS, 0) : c]))
+    def _noise(self, c: int) -> float:
+        """The noise scale before list position c (as NoiseBefore offline); scales and paths
+        ask for the same positions, so recent answers are kept."""
+        key = self._base + c
+        sigma = self._noise_cache.get(key)
+        if sigma is None:
+            sigma = float(noise_scale(np.abs(np.diff(self._y[max(c - NOISE_POINTS, 0) : c]))))
+            if len(self._noise_cache) >= 4 * max(self.cfg.scales):
+                del self._noise_cache[next(iter(self._noise_cache))]
+            self._noise_cache[key] = sigma
+        return sigma
 
     def _spike(self, a: int) -> list[Event]:
         w, y, m = self.cfg.window, self._y, self._m
         if self._base + a < w or y[a] - m[a - w] < math.log1p(self.cfg.spike_rise):
             return []
-        sigma, base = np.atleast_1d(noise_scale(self._abs_diffs(a))), np.array([m[a - w]])
+        sigma, base = np.array([self._noise(a)]), np.array([m[a - w]])
         found, points_up, peak = spike_rule(np.array(y[a - 1 : a + SPIKE_SPAN - 1])[None, :], base, sigma, self.cfg)
         if not found[0]:
             return []
@@ -199,7 +214,7 @@ class StreamingDetector:
         cfg, path = self.cfg, (s, lag)
         events = self._close_if_due(c, s, lag)
         cluster = self._clusters.get(path)
-        kind, z, fall, L, R = candidates(c, lag, self._m, lambda at: noise_scale(self._abs_diffs(at)), self._ctx["epoch"], s, cfg)
+        kind, z, fall, L, R = candidates(c, lag, self._m, self._noise, self._ctx["epoch"], s, cfg)
         if not continues(kind, z, cfg):
             return events
         kind = int(kind)
@@ -228,7 +243,7 @@ class StreamingDetector:
         return events
 
     def _epoch_test(self, c: int, k: int, right_end: int, decided: int) -> list[Event]:
-        found = epoch_drop(c, k, self._y, float(noise_scale(self._abs_diffs(c))), self._ctx["step"], right_end, decided, self.cfg)
+        found = epoch_drop(c, k, self._y, self._noise(c), self._ctx["step"], right_end, decided, self.cfg)
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found, held: bool = False) -> list[Event]:
@@ -253,6 +268,8 @@ class StreamingDetector:
 
     def _release_small_drops(self, until: int) -> list[Event]:
         """Report the held small drops due by valid position `until` (absolute)."""
+        if not self._held:
+            return []
         due = sorted((h for h in self._held if h[0] <= until), key=lambda h: h[:2])
         self._held = [h for h in self._held if h[0] > until]
         events = []
@@ -283,7 +300,7 @@ class StreamingDetector:
         self._held = [h for h in self._held if h[2][1] < self._base + len(self._y)]
         if self._epoch_pending is not None and self._epoch_pending[0] >= self._base + len(self._y):
             self._epoch_pending = None
-        self._clusters = {}
+        self._clusters, self._noise_cache = {}, {}
         self._previous_loss, self._same_run, self._zero_run = math.nan, 1, 0
         self._stall_open = self._bad_open = False
 
