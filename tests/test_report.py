@@ -124,17 +124,31 @@ def test_bad_input_still_gives_a_report_that_names_what_it_skipped(tmp_path, cap
     old = time.time() - 3600
     os.utime(run / "metrics.jsonl", (old, old))
     (tmp_path / "5").mkdir()  # a job dir that never got anything
+    (tmp_path / "6" / ".hydra").mkdir(parents=True)  # not started (fail-fast), as the manifest says
+    run = add_run(tmp_path, 7, {"quant": "fp4_dq"}, clean(7), status="running")
+    manifest = {"launch": 1, "jobs": {
+        "6": {"job": 6, "overrides": "quant=int8,lora.r=64", "run_dir": str(tmp_path / "6"), "status": "skipped",
+              "exit_reason": "not started: job 2 failed and sweep.fail_fast=true"},
+        "7": {"job": 7, "overrides": "quant=fp4_dq", "run_dir": str(run), "status": "killed", "exit_reason": "SIGKILL (out of memory?)"},
+        "8": {"job": 8, "overrides": "quant=nf4", "run_dir": str(tmp_path / "8"), "status": "running", "pid": 2**22 + 7,
+              "host": os.uname().nodename}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
     data = json.loads((tmp_path / "report.json").read_text())
     status = {r["name"]: r["status"] for r in data["runs"]}
-    assert status == {"0": "completed", "1": "completed", "2": "failed", "3": "unknown", "4": "incomplete"}
+    assert status == {"0": "completed", "1": "completed", "2": "failed", "3": "unknown", "4": "incomplete",
+                      "6": "skipped", "7": "incomplete", "8": "incomplete"}
     assert "ignored a truncated last line" in md
     assert "RuntimeError: CUDA out of memory" in md
     assert "summary.json unreadable" in md
     assert "no process has the run open: killed; last write 60.0 min ago" in md
     assert "| 5/ | no summary.json, metrics.jsonl, trainer_state.json or trainer_log.jsonl |" in md
     assert "no metrics.jsonl" in md
+    assert "| 6 | skipped | not started: job 2 failed and sweep.fail_fast=true |" in md
+    assert "| 7 | incomplete | SIGKILL (out of memory?) |" in md
+    assert "| 8 | incomplete | manifest.json says running but no process has the run open: killed |" in md
+    assert "| 6/ |" not in md  # the manifest explains it
     assert (tmp_path / "report.html").exists()
     out = capsys.readouterr().out
     assert "skipped" in out and "wrote" in out
@@ -226,3 +240,22 @@ def test_wandb_report_is_grouped_by_the_same_factors(tmp_path):
     built = wandb_report.build(report.sweep, report.attribution, report.verdict, "me", "dropsweep")
     groupings = [b.runsets[0].groupby for b in built.blocks if hasattr(b, "runsets")]
     assert groupings == [["config.quant.name.value"], ["config.lora.r.value"]]
+
+
+def test_wandb_report_online_is_made_and_linked(tmp_path, monkeypatch):
+    from src.report import wandb_report
+
+    saved = []
+
+    class Built:
+        def save(self):
+            saved.append(True)
+            return type("Saved", (), {"url": "https://wandb.ai/me/dropsweep/reports/sweep--abc"})()
+
+    monkeypatch.setattr(wandb_report, "wandb_mode", lambda requested: "online")
+    monkeypatch.setattr(wandb_report, "build", lambda *args: Built())
+    for num, quant in enumerate(("nf4", "int8")):
+        add_run(tmp_path, num, {"quant": quant}, clean(num), wandb={"id": f"r{num}", "path": f"me/dropsweep/r{num}", "mode": "online"})
+    report = make_report(tmp_path, plots=False, wandb=True)
+    assert saved and report.wandb_lines[-1] == "W&B Report: https://wandb.ai/me/dropsweep/reports/sweep--abc"
+    assert report.wandb_lines[0].startswith("2 runs logged to W&B (project dropsweep of me, group ")

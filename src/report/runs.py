@@ -288,28 +288,33 @@ def manifest_jobs(manifest: dict | None) -> list[dict]:
 
 
 def add_manifest_jobs(sweep: Sweep) -> None:
-    """The manifest, when there is one, knows jobs that never wrote a run dir, and why a job ended."""
+    """The manifest (src/sweep.py), when there is one, knows jobs that never wrote a summary
+    (skipped, killed before training) and why a job ended."""
     by_path = {r.path.resolve(): r for r in sweep.runs}
     for job in manifest_jobs(sweep.manifest):
-        num = job.get("num", job.get("job_num", job.get("job")))
-        where = job.get("run_dir") or job.get("dir") or (str(num) if num is not None else None)
+        num = job.get("num", job.get("job"))
+        where = job.get("run_dir") or (str(num) if num is not None else None)
         if where is None:
             continue
-        run_path = (sweep.path / where) if not Path(where).is_absolute() else Path(where)
+        run_path = Path(where) if Path(where).is_absolute() else sweep.path / where
         run = by_path.get(run_path.resolve())
-        reason = job.get("exit_reason") or job.get("reason") or job.get("error")
+        reason = job.get("exit_reason") or job.get("error")
         status = str(job.get("status") or "unknown")
+        status = "incomplete" if status == "killed" else status
         if run is None:
-            overrides = job.get("overrides")
-            overrides = parse_overrides(overrides) if isinstance(overrides, list) else split_overrides(str(overrides or ""))
-            sweep.runs.append(Run(name=str(num if num is not None else where), path=run_path, log=None,
-                                  status="failed" if status in ("completed", "running") else status,
-                                  reason=reason or "listed in manifest.json but its run dir has no summary.json",
-                                  factors=overrides, notes=["known from manifest.json only"]))
+            name = rel(sweep.path, run_path) if run_path.resolve().is_relative_to(sweep.path.resolve()) else str(num)
+            if status == "completed":
+                status, reason = "incomplete", "manifest.json says completed, but the run dir has no summary.json"
+            sweep.runs.append(Run(name=name, path=run_path, log=None, status=status,
+                                  reason=reason or "listed in manifest.json; the run dir has no summary.json",
+                                  summary={"manifest": job}, factors=split_overrides(str(job.get("overrides") or "")),
+                                  notes=["known from manifest.json only"]))
+            sweep.skipped = [s for s in sweep.skipped if s[0].rstrip("/") != name]
             continue
         run.summary.setdefault("manifest", job)
         if run.status in ("unknown", "running") and status not in ("running", "unknown", "pending"):
-            run.status, run.reason = ("incomplete" if status == "completed" else status), reason or run.reason
+            run.status = "incomplete" if status == "completed" else status
+            run.reason = reason or run.reason
         elif not run.reason and reason:
             run.reason = reason
 
@@ -333,7 +338,8 @@ def mark_incomplete(runs: list) -> None:
         last_file = run.log or run.path / "summary.json"
         written = f"; last write {duration(time.time() - last_file.stat().st_mtime)} ago" if last_file.exists() else ""
         steps = f" at step {run.summary['steps']}" if run.summary.get("steps") else ""
-        run.reason = f"summary.json says running{steps} but no process has the run open: killed{written}"
+        said = "summary.json" if "status" in run.summary else "manifest.json"
+        run.reason = f"{said} says running{steps} but no process has the run open: killed{written}"
 
 
 def files_open_by_processes() -> set[str]:
