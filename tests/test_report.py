@@ -1,6 +1,7 @@
 """The sweep report on hand-made run dirs: attribution, verdict, bad input, runs made elsewhere."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -200,12 +201,19 @@ def test_runs_made_elsewhere_trainer_state_and_wandb_csv(tmp_path):
     for quant, curve in (("nf4", clean(2)), ("int8", staircase(3))):
         rows = "\n".join(f"{s},{v}" for s, v in zip(curve.step, curve.loss))
         (tmp_path / f"quant={quant}.csv").write_text(f"Step,my-run - train/loss\n{rows}\n")
+    chart = {"quant=nf4,lora.r=8": clean(4), "quant=nf4,lora.r=64": staircase(5)}  # one chart export, two runs
+    header = ["Step"] + [f"{name} - train/loss{extra}" for name in chart for extra in ("", "__MIN", "__MAX")]
+    rows = [[str(s)] + [str(c.loss[i]) for c in chart.values() for _ in range(3)] for i, s in enumerate(clean().step)]
+    with open(tmp_path / "chart.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
     report = make_report(tmp_path, plots=False)
     by_name = {r.name: r for r in report.sweep.runs}
-    assert set(by_name) == {"hf-r8", "hf-r64", "quant=nf4.csv", "quant=int8.csv"}
+    assert set(by_name) == {"hf-r8", "hf-r64", "quant=nf4.csv", "quant=int8.csv",
+                            "chart.csv [quant=nf4,lora.r=8]", "chart.csv [quant=nf4,lora.r=64]"}
+    assert by_name["chart.csv [quant=nf4,lora.r=64]"].factors == {"quant": "nf4", "lora.r": "64"}
     assert by_name["hf-r64"].factors["lora_r"] == 64 and by_name["hf-r64"].status == "completed"
     assert by_name["quant=int8.csv"].factors["quant"] == "int8"
-    assert {r.name for r in report.sweep.runs if r.analysis.count("drop")} == {"hf-r64", "quant=int8.csv"}
+    assert {r.name for r in report.sweep.runs if r.analysis.count("drop")} == {"hf-r64", "quant=int8.csv", "chart.csv [quant=nf4,lora.r=64]"}
     write_report(report)
     assert (tmp_path / "report.md").exists()
 

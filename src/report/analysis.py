@@ -7,6 +7,7 @@ fast path does not fully understand, goes through the detector's own reader
 """
 from __future__ import annotations
 
+import csv
 import math
 import multiprocessing
 import os
@@ -19,7 +20,7 @@ from typing import Optional, Union
 import msgspec
 import numpy as np
 
-from src.detect import Curve, Settings, detect, load_curve
+from src.detect import Curve, LogFormatError, Settings, detect, load_curve
 
 PREVIEW_POINTS = 400  # points kept per curve for the plots
 PARALLEL_FROM = 16  # fewer runs than this are analysed in this process
@@ -37,14 +38,31 @@ _Row = msgspec.defstruct("_Row", [(name, Optional[float] if name == "step" else 
 _FINITE, _ANY = msgspec.json.Decoder(_Finite), msgspec.json.Decoder(_Row)
 
 
-def read_curve(path) -> Curve:
-    """The curve of a loss log, by the fast path when it applies (same result as load_curve)."""
+def read_curve(path, column: str | None = None) -> Curve:
+    """The curve of a loss log, by the fast path when it applies (same result as load_curve);
+    `column` picks one run of a W&B chart export that holds several."""
     path = os.fspath(path)
+    if column is not None:
+        return chart_column(path, column)
     if path.endswith(".jsonl"):
         curve = _fast_metrics(path)
         if curve is not None:
             return curve
     return load_curve(path)
+
+
+def chart_column(path: str, run: str) -> Curve:
+    """One run's train loss from a W&B chart export ('Step', '<run> - train/loss', ...)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        step = next((header.index(k) for k in ("Step", "step", "_step", "train/global_step") if k in header), None)
+        loss = next((header.index(f"{run} - {k}") for k in ("train/loss", "loss") if f"{run} - {k}" in header), None)
+        if loss is None:
+            raise LogFormatError(f"{path} has no '{run} - train/loss' column")
+        records = [{"step": cells[step] if step is not None else i, "loss": cells[loss]}
+                   for i, cells in enumerate(reader) if loss < len(cells) and cells[loss].strip()]
+    return Curve.from_records(records, source="W&B CSV export")
 
 
 def _decode(raw: bytes):
@@ -158,11 +176,11 @@ class Analysis:
         return sum(1 for e in self.events if e["kind"] == kind)
 
 
-def analyse(path, settings: dict | None = None) -> Analysis:
+def analyse(path, settings: dict | None = None, column: str | None = None) -> Analysis:
     """Read one loss log and run the detector over the whole curve; never raises."""
     started = time.perf_counter()
     try:
-        curve = read_curve(path)
+        curve = read_curve(path, column)
     except Exception as error:  # noqa: BLE001 - a bad file is reported, not fatal
         return Analysis(error=_sentence(error), seconds=time.perf_counter() - started)
     out = Analysis(source=curve.source, notes=list(curve.notes), points=len(curve))
@@ -217,7 +235,7 @@ def _analyse_job(job):
 
 
 def analyse_all(jobs: list, workers: int | None = None, progress=None, meanwhile=None) -> list[Analysis]:
-    """analyse(path, settings) for each job, over several processes for a large sweep.
+    """analyse(path, settings, column) for each job, over several processes for a large sweep.
     `progress(done, total)` is called as runs finish; `meanwhile()` runs here while the
     workers work (this process would only wait)."""
     workers = workers or min(os.cpu_count() or 1, 8)

@@ -46,7 +46,7 @@ def load_sweep(path, jobs: int | None = None, progress=None, meanwhile=None) -> 
     base = detector_settings(sweep.base_config)
     work = [r for r in sweep.runs if r.log is not None]
     settings = [run_settings(base, r) for r in work]
-    jobs_done = analyse_all([(str(r.log), s) for r, s in zip(work, settings)], jobs, progress, meanwhile)
+    jobs_done = analyse_all([(str(r.log), s, r.column) for r, s in zip(work, settings)], jobs, progress, meanwhile)
     for run, analysis in zip(work, jobs_done):
         run.analysis = analysis
     return sweep

@@ -7,6 +7,7 @@ LLaMA-Factory trainer_log.jsonl, and W&B CSV exports. Nothing here needs the W&B
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -39,6 +40,7 @@ class Run:
     summary: dict = field(default_factory=dict)
     factors: dict = field(default_factory=dict)  # every candidate factor, varying or not
     notes: list = field(default_factory=list)  # what was skipped or guessed while reading
+    column: str | None = None  # which run of a W&B chart export holding several
     analysis: object = None  # src.report.analysis.Analysis once analysed
 
     @property
@@ -62,7 +64,7 @@ def find_sweep_runs(path: Path) -> Sweep:
     manifest = read_manifest(path)
     sweep = Sweep(path, [], base_config=base if isinstance(base, dict) else {}, manifest=manifest)
     if path.is_file():
-        sweep.runs.append(log_file_run(path, path.name))
+        sweep.runs += csv_runs(path, path.name) if path.suffix == ".csv" else [log_file_run(path, path.name)]
         return sweep
     if is_run_dir(path):
         sweep.runs.append(read_run_dir(path, path.name))
@@ -92,7 +94,9 @@ def walk(root: Path, directory: Path, depth: int, sweep: Sweep) -> None:
                 walk(root, entry, depth + 1, sweep)
                 if len(sweep.runs) + len(sweep.skipped) == before and depth == 0:
                     sweep.skipped.append((name + "/", "no summary.json, metrics.jsonl, trainer_state.json or trainer_log.jsonl"))
-        elif entry.suffix in (".csv", ".jsonl") or entry.name == "trainer_state.json":
+        elif entry.suffix == ".csv":
+            sweep.runs += csv_runs(entry, name)
+        elif entry.suffix == ".jsonl" or entry.name == "trainer_state.json":
             sweep.runs.append(log_file_run(entry, name))
         elif entry.suffix == ".json" and entry.name not in ("manifest.json", "summary.json"):
             sweep.runs.append(log_file_run(entry, name))
@@ -160,6 +164,33 @@ def log_file_run(path: Path, name: str) -> Run:
     return run
 
 
+def csv_runs(path: Path, name: str) -> list[Run]:
+    """A W&B CSV export: one run, or, for a chart export of several runs ('<run> - train/loss'
+    columns), one run each, their factors read from the run names (dropsweep names a W&B run
+    by its overrides)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError):
+        header = []
+    prefixes = [c.rsplit(" - ", 1)[0] for c in header if c.endswith((" - train/loss", " - loss"))]
+    if len(prefixes) < 2:
+        return [log_file_run(path, name)]
+    common = foreign_factors(path.parent, path)
+    return [Run(name=f"{name} [{prefix}]", path=path, log=path, status="logged", column=prefix,
+                factors=common | name_factors(prefix)) for prefix in prefixes]
+
+
+def name_factors(text: str) -> dict:
+    """key=value pairs in a name ('quant=nf4,lora.r=16', 'r=8 lr=1e-4')."""
+    factors = {}
+    for token in text.replace(",", " ").replace(";", " ").split():
+        key, sep, value = token.partition("=")
+        if sep and key and value:
+            factors[key] = value
+    return factors
+
+
 def summary_factors(summary: dict) -> dict:
     factors = {key: summary[key] for key in SUMMARY_FACTORS if key in summary}
     versions = summary.get("versions") if isinstance(summary.get("versions"), dict) else {}
@@ -222,10 +253,7 @@ def foreign_factors(directory: Path, log: Path) -> dict:
     adapter config, the model's quantization config, and the trainer's batch settings."""
     factors = {}
     for part in [*directory.parts[-2:], log.stem]:
-        for token in part.replace(",", " ").replace(";", " ").split():
-            key, sep, value = token.partition("=")
-            if sep and key and value:
-                factors[key] = value
+        factors.update(name_factors(part))
     home = log.parent.parent if log.parent.name.startswith("checkpoint-") else log.parent
     adapter = read_json(home / "adapter_config.json") or read_json(log.parent / "adapter_config.json")
     if adapter:
