@@ -80,11 +80,15 @@ class NoiseBefore:
 
     def __init__(self, diffs: np.ndarray):
         self.diffs = diffs
-        # Near the start the window is all the differences so far: one row per candidate.
+        # Near the start the window is all the differences so far, max(c - 1, 1) of them:
+        # the median of each such prefix (padding sorts last; the same value np.median gives).
         count = min(NOISE_POINTS, len(diffs) + 1)
+        sizes = np.maximum(np.arange(count) - 1, 1)
         j = np.arange(max(count - 1, 1))
-        head = np.where(j[None, :] < np.maximum(np.arange(count)[:, None] - 1, 1), diffs[j] if len(diffs) else np.nan, np.nan)
-        self.head = np.maximum(np.nanmedian(head, axis=1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR) if len(diffs) else None
+        head = np.sort(np.where(j[None, :] < sizes[:, None], diffs[np.minimum(j, len(diffs) - 1)] if len(diffs) else 0.0, np.inf), axis=1)
+        rows = np.arange(count)
+        median = (head[rows, (sizes - 1) // 2] + head[rows, sizes // 2]) * 0.5
+        self.head = np.maximum(median * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
 
     def __call__(self, c) -> np.ndarray:
         c = np.atleast_1d(c)
