@@ -238,6 +238,7 @@ def test_wandb_section_offline_says_how_to_sync(tmp_path, monkeypatch):
     assert report.wandb_command == f"wandb sync {tmp_path}/*/wandb/offline-run-*"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # wandb-workspaces' pydantic validators
 def test_wandb_report_is_grouped_by_the_same_factors(tmp_path):
     pytest.importorskip("wandb_workspaces")
     from src.report import wandb_report

@@ -248,7 +248,7 @@ def analyse_all(jobs: list, workers: int | None = None, progress=None, meanwhile
         return results
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    chunk = max(1, min(32, len(jobs) // (workers * 8)))
+    chunk = max(1, min(8, len(jobs) // (workers * 8)))  # small chunks: the workers finish together
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = pool.map(_analyse_job, jobs, chunksize=chunk)  # the workers start here

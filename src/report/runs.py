@@ -23,7 +23,7 @@ SUMMARY_FACTORS = ("model", "data", "quant", "double_quant", "compute_dtype", "l
                    "bnb_version", "bnb_requested", "device", "device_name")
 VERSION_FACTORS = ("python", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
 RUN_LOGS = ("metrics.jsonl", "trainer_state.json", "trainer_log.jsonl")
-NOT_RUNS = {".hydra", "wandb", "trainer", "report_plots", "__pycache__", ".git"}
+NOT_RUNS = {".hydra", "wandb", "trainer", "__pycache__", ".git", "report.md", "report.html", "report.json", "report_plots"}
 SEARCH_DEPTH = 3
 YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -60,7 +60,8 @@ class Sweep:
 def find_sweep_runs(path: Path) -> Sweep:
     """All runs under `path` (a sweep dir, one run dir, a folder of foreign logs, or one log file)."""
     path = Path(path)
-    base = read_yaml(path / "multirun.yaml") if path.is_dir() else {}
+    # the sweep's composed config (a single run dir has its own): the detector settings it used
+    base = (read_yaml(path / "multirun.yaml") or read_yaml(path / ".hydra" / "config.yaml")) if path.is_dir() else {}
     manifest = read_manifest(path)
     sweep = Sweep(path, [], base_config=base if isinstance(base, dict) else {}, manifest=manifest)
     if path.is_file():
@@ -84,7 +85,7 @@ def walk(root: Path, directory: Path, depth: int, sweep: Sweep) -> None:
         return
     for entry in entries:
         name = rel(root, entry)
-        if entry.name.startswith(".") or entry.name in NOT_RUNS or entry.name.startswith("report"):
+        if entry.name.startswith(".") or entry.name in NOT_RUNS:
             continue
         if entry.is_dir():
             if is_run_dir(entry):

@@ -22,7 +22,8 @@ def print_report(report, console: Console | None = None, max_rows: int = 30) -> 
     if not console.is_terminal:  # a log file or a pipe: no need to squeeze into 80 columns
         console.width = max(console.width, 160)
     sweep, att = report.sweep, report.attribution
-    console.print(f"[bold]dropsweep report[/bold] {sweep.path}  ({len(sweep.runs)} runs, {report.seconds:.1f} s)")
+    runs = f"{len(sweep.runs)} run{'s' if len(sweep.runs) != 1 else ''}"
+    console.print(f"[bold]dropsweep report[/bold] {sweep.path}  ({runs}, {report.seconds:.1f} s)", highlight=False)
     console.print(f"[bold]{report.verdict}[/bold]", highlight=False)
     if sweep.runs:
         table = Table(show_edge=False, pad_edge=False, header_style="bold")

@@ -63,7 +63,9 @@ def what_happened(runs: list, attribution: Attribution) -> str:
     parts += [f"{n} {status}" for status, n in others.items()]
     if not parts:
         analysed = len(attribution.population["drop"])
-        return f"None of the {analysed} analysed run{'s' if analysed != 1 else ''} dropped, stalled, spiked or had non-finite losses."
+        if analysed == 1:
+            return "The run did not drop, stall, spike or have non-finite losses."
+        return f"None of the {analysed} analysed runs dropped, stalled, spiked or had non-finite losses."
     if not dropped and not stalled:
         parts.insert(0, f"No run dropped or stalled ({total} run{'s' if total > 1 else ''})")
     sentence = "; ".join(parts)
