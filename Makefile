@@ -7,7 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 SWEEP   ?=
 ARGS    ?=
 
-.PHONY: help setup run sweep test test-fast report bench-report bench-detect bench-gpu clean
+.PHONY: help setup run sweep test test-fast report resume sweep-status envs clean-envs bench-report bench-detect bench-gpu bench-sweep-gpus clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -39,6 +39,18 @@ test-fast: setup ## the tests without the slow ones
 report: setup ## drop-detection report of a sweep: SWEEP=dir (default: the latest under experiments/sweeps)
 	$(PY) -m src.report $(SWEEP) $(ARGS)
 
+resume: setup ## re-run what did not complete in a sweep, into the same dir: SWEEP=dir (default: the latest)
+	$(PY) -m src.sweep resume $(SWEEP)
+
+sweep-status: setup ## how each job of a sweep ended (its manifest.json): SWEEP=dir (default: the latest)
+	$(PY) -m src.sweep status $(SWEEP)
+
+envs: setup ## the cached bitsandbytes environments (one per version a sweep asked for)
+	$(PY) -m src.envs list
+
+clean-envs: setup ## remove the cached bitsandbytes environments (rebuilt when next asked for)
+	$(PY) -m src.envs clean
+
 bench-report: setup ## report speed: 1,000 synthetic runs x 10,000 steps, budget 10 s (first call writes them, ~1 min)
 	$(PY) -m src.bench.report $(ARGS)
 
@@ -48,6 +60,9 @@ bench-detect: setup ## detector benchmark on synthetic curves vs ruptures PELT a
 # No `setup` prerequisite: GPU machines often bring their own CUDA python (make bench-gpu PY=python3).
 bench-gpu: ## GPU: dropsweep vs bare Trainer per quant mode, plain vs fast generation (about 8 min on an H100)
 	$(PY) -m src.bench.gpu --out experiments/gpu $(ARGS)
+
+bench-sweep-gpus: ## GPU: a 4-job sweep one job per GPU (joblib) vs sequential; ARGS=--dry runs it on CPU
+	$(PY) -m src.bench.sweep_gpus $(ARGS)
 
 clean: ## remove local sweeps and caches (not the venv)
 	rm -rf experiments/runs experiments/sweeps .pytest_cache

@@ -134,6 +134,7 @@ class SweepStatus(Callback):
         if job_return.hydra_cfg.hydra.mode == RunMode.MULTIRUN:
             wandb = summary.get("wandb") or {}
             fields = {"status": status, "exit_reason": _detail(summary) or status, "wandb_run_id": wandb.get("id"),
+                      "overrides": summary.get("overrides"), "run_dir": job_return.hydra_cfg.hydra.runtime.output_dir,
                       "device": summary.get("device"), "device_name": summary.get("device_name"),
                       "bnb_requested": summary.get("bnb_requested"), "bnb_version": summary.get("bnb_version")}
             if status != "skipped" and not summary.get("exit_reason", "").endswith("(resume)"):
