@@ -268,3 +268,21 @@ def test_wandb_report_online_is_made_and_linked(tmp_path, monkeypatch):
     report = make_report(tmp_path, plots=False, wandb=True)
     assert saved and report.wandb_lines[-1] == "W&B Report: https://wandb.ai/me/dropsweep/reports/sweep--abc"
     assert report.wandb_lines[0].startswith("2 runs logged to W&B (project dropsweep of me, group ")
+
+
+def test_factors_that_split_the_analysed_runs_alike_are_called_confounded(tmp_path, capsys):
+    specs = [("nf4", 8, staircase(0)), ("nf4", 8, staircase(1)), ("int8", 16, clean(2)), ("int8", 16, clean(3)),
+             ("nf4", 16, None), ("int8", 8, None)]  # the last two failed before logging: only 4 runs analysed
+    for num, (quant, rank, curve) in enumerate(specs):
+        add_run(tmp_path, num, {"quant": quant, "lora_r": rank}, curve, status="completed" if curve else "failed",
+                error=None if curve else "RuntimeError: out of memory")
+    report = make_report(tmp_path, plots=False)
+    best = report.attribution.best["drop"]
+    assert (best.factor, best.confounded) == ("quant", ["lora_r"])
+    assert "(so does lora_r: confounded in this sweep, cannot tell which)" in report.verdict
+    from src.report.terminal import print_report
+
+    print_report(report, max_rows=3)
+    out = capsys.readouterr().out
+    assert "… 3 more runs in the report (problems and events listed first)." in out
+    assert out.index("\n4 ") < out.index("\n0 ")  # the failed runs come first
