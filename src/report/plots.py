@@ -54,7 +54,7 @@ def plan(runs, factors) -> list[tuple]:
         groups = [(f"{factor.name}={level}", [i for i, r in enumerate(runs) if factor.value.get(r.name) == level])
                   for level in factor.levels]
         specs.append((f"by_{safe(factor.name)}.png", f"Loss curves by {factor.name}", "overlay", [g for g in groups if g[1]]))
-    if not shown:
+    if not shown and len(runs) > GRID_RUNS:  # a small sweep's runs each get a panel below anyway
         specs.append(("all_runs.png", "Loss curves of all runs", "overlay", [("all runs", list(range(len(runs))))]))
     if len(runs) <= GRID_RUNS:
         specs.append(("runs.png", "Each run, with its events", "grid", [("", list(range(len(runs))))]))
