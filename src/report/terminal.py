@@ -57,4 +57,5 @@ def print_report(report, console: Console | None = None, max_rows: int = 30) -> 
     for path in report.written[:3]:
         console.print(f"wrote {path}", highlight=False)
     if len(report.written) > 3:
-        console.print(f"wrote {len(report.written) - 3} plots in {report.written[3].parent}", highlight=False)
+        plots = len(report.written) - 3
+        console.print(f"wrote {plots} plot{'s' if plots > 1 else ''} in {report.written[3].parent}", highlight=False)
