@@ -38,6 +38,8 @@ SlurmctldHost=${host}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# requeued jobs wait for this before they start again (default 120 s)
+AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurmctld.pid

@@ -13,6 +13,8 @@ import contextlib
 import ctypes
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +52,16 @@ def run(job, hydra_cfg) -> dict:
     reasons = child_reasons(job.cfg, job.device, multirun)
     if multirun:
         sweep.job_started(hydra_cfg, job.run_dir, job.name, device=job.device, process=reasons or ["in the sweep's process"])
+    summary = _run_here_or_in_child(job, hydra_cfg, reasons, multirun)
+    if multirun and summary.get("status") == "stopped" and slurm_requeued():
+        # SLURM stopped this attempt to run it again: the next attempt gives the job's result, this one none
+        sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, status="requeued", ended_at=sweep.now(),
+                         exit_reason=f"{summary.get('stop_reason')}: SLURM requeued the job; it restarts in this run dir")
+        raise SystemExit(f"dropsweep: job {hydra_cfg.job.num} stopped and requeued by SLURM")
+    return summary
+
+
+def _run_here_or_in_child(job, hydra_cfg, reasons: list[str], multirun: bool) -> dict:
     if not reasons:
         return job.run()
     try:
@@ -64,6 +76,16 @@ def run(job, hydra_cfg) -> dict:
         if multirun and gpu is not None:
             sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, gpu=gpu, gpu_since=sweep.now())
         return _run_child(job, hydra_cfg, python, gpu)
+
+
+def slurm_requeued() -> bool:
+    """Whether SLURM has requeued the job this process runs in (scontrol requeue, preemption)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or not shutil.which("scontrol"):
+        return False
+    shown = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    restarts = re.search(r"\bRestarts=(\d+)", shown)
+    return bool(restarts) and int(restarts.group(1)) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def child_reasons(cfg, device: str, multirun: bool) -> list[str]:

@@ -22,7 +22,8 @@ def manifest(sweep_dir) -> dict:
 
 
 def files_of(run_dir) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    files = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    return files | {f".hydra/{p.name}": p.read_bytes() for p in (run_dir / ".hydra").iterdir()}  # Hydra rewrites these
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_resume_reruns_only_the_jobs_that_did_not_complete(raised_killed_complet
     jobs = manifest(sweep_dir)
     assert [jobs[n]["status"] for n in ("0", "1", "2")] == ["failed", "completed", "completed"], result.stdout[-3000:]
     assert [jobs[n]["attempts"] for n in ("0", "1", "2")] == [2, 2, 1]
-    assert files_of(sweep_dir / "2") == before["2"]  # the completed run is never touched
+    assert files_of(sweep_dir / "2") == before["2"]  # the completed run is never touched (.hydra/: same bytes)
     assert read_summary(sweep_dir / "1")["status"] == "completed" and read_summary(sweep_dir / "1")["steps"] == 60
     assert "1 completed job(s) kept" in result.stdout and result.returncode == 1  # job 0 still fails
 
