@@ -151,6 +151,8 @@ class SweepStatus(Callback):
         counts: dict[str, int] = {}
         for job in jobs:
             counts[job.get("status", "?")] = counts.get(job.get("status", "?"), 0) + 1
+        if "submitit" in str(OmegaConf.select(config, "hydra.launcher._target_")):
+            print_status(Path(sweep_dir))  # the jobs' own status lines went to their SLURM logs
         done = counts.pop("completed", 0)
         others = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         print(f"[dropsweep] sweep finished: {done}/{len(jobs)} jobs completed{f' ({others})' if others else ''} "
