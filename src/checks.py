@@ -62,6 +62,6 @@ def check_train(train: DictConfig, device: str) -> None:
         raise ConfigError("train.epochs must be positive (or set train.max_steps > 0).")
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} must be positive.")
-    if "paged" in str(train.optimizer) and device != "cuda":
-        raise ConfigError(f"train.optimizer={train.optimizer} pages optimizer state to CPU memory and needs a GPU; "
-                          f"use train.optimizer=adamw_bnb_8bit or adamw_torch on the CPU.")
+    if ("paged" in str(train.optimizer) or "8bit" in str(train.optimizer)) and device != "cuda":
+        raise ConfigError(f"train.optimizer={train.optimizer} is a bitsandbytes GPU optimizer (its update kernels "
+                          f"need CUDA tensors); use train.optimizer=adamw_torch on the CPU.")

@@ -21,10 +21,18 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _json_safe_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe_tree(v) for v in value]
+    return json_safe(value)
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Atomic write: a reader never sees half a summary."""
+    """Atomic write: a reader never sees half a summary. A NaN final loss is written as "nan"."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_json_safe_tree(data), indent=2, default=str, allow_nan=False) + "\n")
     tmp.replace(path)
 
 

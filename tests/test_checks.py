@@ -16,7 +16,8 @@ INVALID = [
                                                 "lm_head, query_key_value"),
     (["quant.compute_dtype=float8"], "quant.compute_dtype=float8 is unknown; use one of float32, bfloat16, float16"),
     (["data.path=/nonexistent/facts.jsonl"], "data.path=/nonexistent/facts.jsonl does not exist"),
-    (["train.optimizer=paged_adamw_8bit"], "needs a GPU"),
+    (["train.optimizer=paged_adamw_8bit"], "train.optimizer=paged_adamw_8bit is a bitsandbytes GPU optimizer"),
+    (["train.optimizer=adamw_bnb_8bit"], "use train.optimizer=adamw_torch on the CPU"),
 ]
 
 
