@@ -251,25 +251,6 @@ def test_wandb_report_is_grouped_by_the_same_factors(tmp_path):
     assert groupings == [["config.quant.name.value"], ["config.lora.r.value"]]
 
 
-def test_wandb_report_online_is_made_and_linked(tmp_path, monkeypatch):
-    from src.report import wandb_report
-
-    saved = []
-
-    class Built:
-        def save(self):
-            saved.append(True)
-            return type("Saved", (), {"url": "https://wandb.ai/me/dropsweep/reports/sweep--abc"})()
-
-    monkeypatch.setattr(wandb_report, "wandb_mode", lambda requested: "online")
-    monkeypatch.setattr(wandb_report, "build", lambda *args: Built())
-    for num, quant in enumerate(("nf4", "int8")):
-        add_run(tmp_path, num, {"quant": quant}, clean(num), wandb={"id": f"r{num}", "path": f"me/dropsweep/r{num}", "mode": "online"})
-    report = make_report(tmp_path, plots=False, wandb=True)
-    assert saved and report.wandb_lines[-1] == "W&B Report: https://wandb.ai/me/dropsweep/reports/sweep--abc"
-    assert report.wandb_lines[0].startswith("2 runs logged to W&B (project dropsweep of me, group ")
-
-
 def test_factors_that_split_the_analysed_runs_alike_are_called_confounded(tmp_path, capsys):
     specs = [("nf4", 8, staircase(0)), ("nf4", 8, staircase(1)), ("int8", 16, clean(2)), ("int8", 16, clean(3)),
              ("nf4", 16, None), ("int8", 8, None)]  # the last two failed before logging: only 4 runs analysed
