@@ -11,20 +11,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import transformers
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.checks import check_config
-from src.data import build_datasets
-from src.detect.callback import LossAnomalyCallback
-from src.errors import ConfigError
 from src import launch
-from src.models import load_model_and_tokenizer
+from src.errors import ConfigError
 from src.tracking import DiskLogger, WandbLogger, flatten, write_json
-from src.training import MetricsStream, generation_speed, train_model
 from src.versions import bitsandbytes_version, device_name, library_versions, peak_memory_gb, resolve_device
+
+# transformers, peft, datasets and the modules that use them are imported inside Job.run, in the
+# process that trains: a job that re-executes itself elsewhere (another bitsandbytes, its own GPU)
+# would otherwise spend seconds importing them for nothing.
 
 
 class Stopped(Exception):
@@ -50,7 +48,6 @@ def _quiet_libraries() -> None:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    _quiet_libraries()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -75,6 +72,7 @@ class Job:
 
     def _initial_summary(self) -> dict:
         cfg = self.cfg
+        versions = library_versions()
         return {
             "status": "running",
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -89,8 +87,9 @@ class Job:
             "lora_targets": OmegaConf.to_container(cfg.lora, resolve=True).get("target_modules")
             or list(cfg.model.lora_targets),
             "bnb_requested": str(cfg.bnb.version),
-            "bnb_version": bitsandbytes_version(),
-            "versions": library_versions(),
+            # what this environment holds; the process that trains records the one it imports
+            "bnb_version": versions["bitsandbytes"],
+            "versions": versions,
             "device": self.device,
             "device_name": device_name(self.device),
             "events": [],
@@ -102,6 +101,9 @@ class Job:
         try:
             if self.cfg.threads:
                 torch.set_num_threads(int(self.cfg.threads))
+            _quiet_libraries()
+            from src.checks import check_config
+
             check_config(self.cfg, self.device)
             self._write_summary()
             self._train()
@@ -156,7 +158,15 @@ class Job:
         self._write_summary()
 
     def _train(self) -> None:
+        import transformers
+
+        from src.data import build_datasets
+        from src.detect.callback import LossAnomalyCallback
+        from src.models import load_model_and_tokenizer
+        from src.training import MetricsStream, generation_speed, train_model
+
         cfg = self.cfg
+        self.summary["bnb_version"] = bitsandbytes_version()
         transformers.set_seed(cfg.train.seed)
         self.disk = DiskLogger(self.run_dir)
         if cfg.logger.mode != "disabled":
