@@ -130,7 +130,7 @@ class SweepStatus(Callback):
         else:
             summary = job_return.return_value if isinstance(job_return.return_value, dict) else {}
         status = summary.get("status", "failed")
-        num = job_return.hydra_cfg.hydra.job.num
+        num = OmegaConf.select(job_return.hydra_cfg, "hydra.job.num", default=None)  # unset in a single run
         if job_return.hydra_cfg.hydra.mode == RunMode.MULTIRUN:
             wandb = summary.get("wandb") or {}
             fields = {"status": status, "exit_reason": _detail(summary) or status, "wandb_run_id": wandb.get("id"),
@@ -142,7 +142,8 @@ class SweepStatus(Callback):
             update_job(config.hydra.sweep.dir, num, **{k: v for k, v in fields.items() if v is not None})
         events = [e for e in summary.get("events", []) if e.get("kind") in ("drop", "stall", "nonfinite", "spike")]
         flagged = f", {len(events)} event(s): " + ", ".join(f"{e['kind']}@{e['step']}" for e in events) if events else ""
-        print(f"[dropsweep] job {num} ({summary.get('overrides', '?')}): {status}  {_detail(summary)}{flagged}",
+        name = f"job {num}" if num is not None else "run"
+        print(f"[dropsweep] {name} ({summary.get('overrides', '?')}): {status}  {_detail(summary)}{flagged}",
               flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
