@@ -101,7 +101,7 @@ def train_model(cfg, model, tokenizer, train_set, eval_set, device, output_dir, 
                       processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # MetricsStream prints a compact line instead
     result = trainer.train()
-    if eval_set is not None:
+    if eval_set is not None and int(cfg.train.eval_every) <= 0:  # with eval_every the Trainer ends on an eval
         trainer.evaluate()
     return {"train_runtime_s": result.metrics.get("train_runtime"), "global_step": trainer.state.global_step,
             "tokens": int(trainer.state.num_input_tokens_seen or 0)}
