@@ -201,7 +201,8 @@ class Job:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         })
         gen = cfg.train.generation
-        self.summary.update(generation_speed(model, tokenizer, gen.prompt, gen.max_new_tokens, self.device,
-                                             fast=bool(gen.get("fast", False))))
+        if gen.max_new_tokens > 0:  # 0: no trial answer (benchmarks, sweeps that only need the curve)
+            self.summary.update(generation_speed(model, tokenizer, gen.prompt, gen.max_new_tokens, self.device,
+                                                 fast=bool(gen.get("fast", False))))
         self.summary["peak_mem_gb"] = round(peak_memory_gb(self.device), 3)
         self.summary["peak_mem_kind"] = "cuda_allocated" if self.device == "cuda" else "process_rss"

@@ -54,9 +54,12 @@ def test_wandb_run_is_grouped_by_sweep_and_named_by_overrides(tiny_sweep):
 
 
 def test_single_run_without_m(tmp_path):
-    result = run_cli(["model=tiny_neox", "logger=disk", "train.max_steps=4", f"hydra.run.dir={tmp_path}"])
+    result = run_cli(["model=tiny_neox", "logger=disk", "train.max_steps=4", "train.generation.max_new_tokens=0",
+                      f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-2000:]
-    assert read_summary(tmp_path)["status"] == "completed"
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "completed"
+    assert not any(key.startswith("gen_") for key in summary), "max_new_tokens=0 still generated an answer"
     assert len([r for r in read_metrics(tmp_path) if "loss" in r]) == 4
 
 

@@ -2,17 +2,23 @@
 
 For a model of polyglot-ko-1.3b's architecture (random weights, model=polyglot_ko_1_3b_random) and
 each quant mode, it runs `python -m src.run` (W&B offline, detector on, metrics stream, fast
-generation path) and src/bench/bare_trainer.py with the same TrainingArguments, in alternating
-order to cancel drift, and prints per mode: step time of each and their ratio, tokens/s, peak GPU
-memory, model FLOPs utilisation, whether the loss fell, and plain vs fast generation.
+generation path) and src/bench/bare_trainer.py with the same TrainingArguments, --repeats times
+each, interleaved (dropsweep, bare / bare, dropsweep, ...) to cancel drift, and prints per mode:
+step time of each and their ratio, tokens/s, peak GPU memory, model FLOPs utilisation, whether the
+loss fell, and plain vs fast generation.
 
     make bench-gpu                                              # all six modes -> experiments/gpu/
     python -m src.bench.gpu --steps 40 --batch 8 --seq 512 --modes none,nf4_dq --out /tmp/gpu
+    python -m src.bench.gpu --gpus 4 --ablate int8              # modes side by side, one GPU each
     python -m src.bench.gpu --tiny --out /tmp/gpu-dry          # the whole pipeline on the CPU, a tiny shape
 
 Step time is on_step_begin -> on_step_end with torch.cuda.synchronize at the end, the median of
 the steps after --warmup; the period (end to end) adds logging, callbacks and the next batch, so
-the period ratio is where dropsweep's own overhead (detector, W&B, metrics file) would show.
+the period ratio is where dropsweep's own overhead (detector, W&B, metrics file) would show. A
+mode's ratio is the median of its per-repeat ratios (each repeat: dropsweep's median step over the
+bare script's, run back to back on the same GPU), shown with their range. With --gpus N the modes
+run side by side, each mode's repeats all on one GPU. --ablate MODES adds, for those modes, a third
+run per repeat with logger=disk (no W&B), to split dropsweep's cost into W&B and the rest.
 """
 from __future__ import annotations
 
@@ -23,7 +29,9 @@ import random
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,8 +86,14 @@ def run_logged(cmd: list[str], log: Path, env: dict, timeout: int) -> tuple[bool
     except subprocess.TimeoutExpired:
         ok = False
     tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-    print(f"    {'ok ' if ok else 'FAILED'} {time.perf_counter() - started:6.1f} s  {log}", flush=True)
+    gpu = env.get("CUDA_VISIBLE_DEVICES")
+    print(f"    {'ok ' if ok else 'FAILED'} {time.perf_counter() - started:6.1f} s  {log.name}"
+          f"{f' (GPU {gpu})' if gpu is not None else ''}", flush=True)
     return ok, " | ".join(tail) if not ok else ""
+
+
+def ratio(a, b):
+    return a / b if a and b else None
 
 
 class Bench:
@@ -87,16 +101,20 @@ class Bench:
         self.args = args
         self.work = Path(args.work)
         self.out = Path(args.out)
-        self.work.mkdir(parents=True, exist_ok=True)
-        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        self.logs = self.work / "logs"  # per-run logs stay beside the runs; results.* go to --out
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false",
                                  "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
         self.env.pop("WANDB_API_KEY", None)
+        if args.gpus > 1:  # side by side: each run's CPU threads to its share of the cores
+            self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.gpus))
         self.model_overrides = ["model=polyglot_ko_1_3b_random", f"model.max_length={args.seq}"]
         if args.tiny:
             self.model_overrides += [f"model.arch_config.{k}={v}" for k, v in TINY_SHAPE.items()]
         if args.cache:
             self.model_overrides.append(f"cache_dir={args.cache}")
+        self.lock = threading.Lock()
 
     def overrides(self, mode: str) -> list[str]:
         a = self.args
@@ -133,10 +151,14 @@ class Bench:
                               "--lora-dropout", str(cfg.lora.dropout), "--targets", ",".join(lora_targets(cfg))]
         self.prompt = cfg.train.generation.prompt
 
-    def run_dropsweep(self, mode: str) -> dict:
-        run_dir = self.work / "runs" / mode
-        ok, error = run_logged([sys.executable, "-m", "src.run", *self.overrides(mode), f"hydra.run.dir={run_dir}"],
-                               self.out / "logs" / f"{mode}-dropsweep.log", self.env, self.args.timeout)
+    def run_dropsweep(self, mode: str, rep: int, env: dict, name: str = "dropsweep") -> dict:
+        run_dir = self.work / "runs" / mode / f"{name}-r{rep}"
+        extra = [] if rep == 0 else ["train.generation.max_new_tokens=0"]  # one trial answer per mode
+        if name == "dropsweep_disk":
+            extra.append("logger=disk")
+        ok, error = run_logged([sys.executable, "-m", "src.run", *self.overrides(mode), *extra,
+                                f"hydra.run.dir={run_dir}"],
+                               self.logs / f"{mode}-{name}-r{rep}.log", env, self.args.timeout)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -147,61 +169,97 @@ class Bench:
                 "losses": [r["loss"] for r in rows], "peak_mem_gb": summary.get("train_peak_mem_gb"),
                 "summary": summary}
 
-    def run_bare(self, mode: str) -> dict:
+    def run_bare(self, mode: str, rep: int, env: dict) -> dict:
         a = self.args
-        result_path = self.work / "runs" / f"{mode}-bare.json"
+        result_path = self.work / "runs" / mode / f"bare-r{rep}.json"
+        result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
         ok, error = run_logged(
             [sys.executable, str(PROJECT_ROOT / "src/bench/bare_trainer.py"), "--model", self.checkpoint,
              "--data", str(self.data), "--quant", mode, "--compute-dtype", a.dtype, "--steps", str(a.steps),
              "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device, *self.bare_settings,
              "--json", str(result_path)],
-            self.out / "logs" / f"{mode}-bare.log", self.env, self.args.timeout)
+            self.logs / f"{mode}-bare-r{rep}.log", env, self.args.timeout)
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
         return {"ok": ok and bool(result), "error": error, "step_times": result.get("step_times", []),
                 "step_periods": result.get("step_periods", []), "losses": result.get("losses", []),
                 "peak_mem_gb": result.get("peak_mem_gb"), "result": result}
 
-    def measure(self, mode: str, index: int) -> dict:
-        print(f"[{mode}]", flush=True)
-        runners = [("dropsweep", self.run_dropsweep), ("bare", self.run_bare)]
-        if index % 2:  # alternate who goes first, so drift (clocks, heat, caches) falls on both
-            runners.reverse()
-        runs = {name: runner(mode) for name, runner in runners}
-        return self.row(mode, runs["dropsweep"], runs["bare"], first=runners[0][0])
+    def measure(self, mode: str, index: int, gpu: str | None = None) -> dict:
+        """--repeats back-to-back pairs (plus the W&B-off run for --ablate modes) on one GPU; who goes
+        first alternates from repeat to repeat, so drift (clocks, heat, caches) falls on both."""
+        env = self.env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
+        print(f"[{mode}]{f' on GPU {gpu}' if gpu is not None else ''}", flush=True)
+        runners = [("dropsweep", lambda rep: self.run_dropsweep(mode, rep, env)),
+                   ("bare", lambda rep: self.run_bare(mode, rep, env))]
+        if mode in self.args.ablate:
+            runners.append(("dropsweep_disk", lambda rep: self.run_dropsweep(mode, rep, env, "dropsweep_disk")))
+        repeats = []
+        for rep in range(self.args.repeats):
+            order = runners if (index + rep) % 2 == 0 else runners[::-1]
+            repeats.append({"first": order[0][0]} | {name: runner(rep) for name, runner in order})
+        return self.row(mode, repeats)
 
-    def row(self, mode: str, ds: dict, bare: dict, first: str) -> dict:
+    def pooled(self, runs: list[dict]) -> dict:
+        """One side (dropsweep or bare) over the repeats: steps after warm-up pooled, the first repeat's curve."""
         a = self.args
         tokens_per_step = a.batch * a.seq
+        steps = [t for run in runs for t in run["step_times"][a.warmup:] if t is not None]
+        periods = [t for run in runs for t in run["step_periods"][a.warmup:] if t is not None]
+        step = statistics.median(steps) if steps else None
+        losses = runs[0]["losses"]
+        peak = self.peak_tflops_of(runs)
         flops_per_step = training_flops_per_token(self.arch, a.seq) * tokens_per_step
-        summary = ds["summary"]
-        peak = peak_tflops(summary.get("device_name", "")) if a.device == "cuda" else None
-        row = {"mode": mode, "first": first}
-        for name, run in (("dropsweep", ds), ("bare", bare)):
-            step = median_after(run["step_times"], a.warmup)
-            losses = run["losses"]
-            row[name] = {
-                "ok": run["ok"], "error": run["error"], "step_s": step,
-                "period_s": median_after(run["step_periods"], a.warmup),
-                "tokens_per_s": tokens_per_step / step if step else None,
-                "mfu": flops_per_step / step / (peak * 1e12) if step and peak else None,
-                "peak_mem_gb": run["peak_mem_gb"],
-                "loss_first": statistics.mean(losses[:3]) if losses else None,
-                "loss_last": statistics.mean(losses[-3:]) if losses else None,
-                "step_times": run["step_times"], "losses": losses}
-            row[name]["loss_falls"] = bool(losses) and row[name]["loss_last"] < row[name]["loss_first"]
-        d, b = row["dropsweep"], row["bare"]
-        row["ratio_step"] = d["step_s"] / b["step_s"] if d["step_s"] and b["step_s"] else None
-        row["ratio_period"] = d["period_s"] / b["period_s"] if d["period_s"] and b["period_s"] else None
+        side = {
+            "ok": all(run["ok"] for run in runs), "error": next((run["error"] for run in runs if run["error"]), None),
+            "step_s": step, "period_s": statistics.median(periods) if periods else None,
+            "tokens_per_s": tokens_per_step / step if step else None,
+            "mfu": flops_per_step / step / (peak * 1e12) if step and peak else None,
+            "peak_mem_gb": max((run["peak_mem_gb"] for run in runs if run["peak_mem_gb"]), default=None),
+            "loss_first": statistics.mean(losses[:3]) if losses else None,
+            "loss_last": statistics.mean(losses[-3:]) if losses else None,
+            "step_times": [run["step_times"] for run in runs], "losses": losses}
+        side["loss_falls"] = all(run["losses"] and statistics.mean(run["losses"][-3:]) < statistics.mean(run["losses"][:3])
+                                 for run in runs)
+        return side
+
+    def peak_tflops_of(self, runs: list[dict]) -> float | None:
+        if self.args.device != "cuda":
+            return None
+        names = [run.get("summary", {}).get("device_name") or run.get("result", {}).get("device_name") for run in runs]
+        return next((peak_tflops(n) for n in names if n), None)
+
+    def row(self, mode: str, repeats: list[dict]) -> dict:
+        a = self.args
+        row = {"mode": mode}
+        names = [n for n in ("dropsweep", "bare", "dropsweep_disk") if n in repeats[0]]
+        for name in names:
+            row[name] = self.pooled([rep[name] for rep in repeats])
+        row["repeats"] = []
+        for rep in repeats:
+            medians = {name: (median_after(rep[name]["step_times"], a.warmup),
+                              median_after(rep[name]["step_periods"], a.warmup)) for name in names}
+            entry = {"first": rep["first"], "step_s": {n: m[0] for n, m in medians.items()},
+                     "ratio_step": ratio(medians["dropsweep"][0], medians["bare"][0]),
+                     "ratio_period": ratio(medians["dropsweep"][1], medians["bare"][1])}
+            if "dropsweep_disk" in names:
+                entry["ratio_step_disk"] = ratio(medians["dropsweep_disk"][0], medians["bare"][0])
+                entry["ratio_period_disk"] = ratio(medians["dropsweep_disk"][1], medians["bare"][1])
+            row["repeats"].append(entry)
+        for key in ("ratio_step", "ratio_period", "ratio_step_disk", "ratio_period_disk"):
+            values = [r[key] for r in row["repeats"] if r.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+            row[key + "_range"] = [min(values), max(values)] if values else None
+        summary = repeats[0]["dropsweep"]["summary"]
         row["detector_events"] = len(summary.get("events", []))
         row["wandb_mode"] = (summary.get("wandb") or {}).get("mode")
         row["gen"] = {k.removeprefix("gen_"): v for k, v in summary.items() if k.startswith("gen_")}
+        row["device_name"] = summary.get("device_name")
         return row
 
     def meta(self, rows: list[dict]) -> dict:
         a = self.args
-        summaries = [r for r in rows if r["dropsweep"]["ok"]]
-        first = self.first_summary or {}
+        first = next((r["summary"] for r in self.summaries if r), {})
         bare = self.first_bare or {}
         return {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -212,10 +270,11 @@ class Bench:
             "model": "polyglot_ko_1_3b_random" + (" (tiny shape)" if a.tiny else ""), "arch": self.arch,
             "settings": {"steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
                          "device": a.device, "gen_new_tokens": a.gen_tokens, "prompt": self.prompt,
-                         "bare_settings": " ".join(self.bare_settings)},
+                         "repeats": a.repeats, "bare_settings": " ".join(self.bare_settings)},
+            "gpus_side_by_side": a.gpus,
             "flop_formula": FLOP_FORMULA,
             "flops_per_token": training_flops_per_token(self.arch, a.seq),
-            "modes_completed": len(summaries),
+            "modes_completed": sum(1 for r in rows if r["dropsweep"]["ok"]),
         }
 
     def earlier_rows(self) -> list[dict]:
@@ -225,26 +284,43 @@ class Bench:
         if not path.exists():
             return []
         earlier = json.loads(path.read_text())
-        settings = {k: v for k, v in earlier["meta"]["settings"].items()}
-        if settings != self.meta([])["settings"] or earlier["meta"]["arch"] != self.arch:
+        if earlier["meta"]["settings"] != self.meta([])["settings"] or earlier["meta"]["arch"] != self.arch:
             return []
-        return [r for r in earlier["rows"] if r["mode"] not in self.args.modes]
+        return [r for r in earlier["rows"] if r["mode"] not in self.args.modes and "repeats" in r]
 
     def main(self) -> list[dict]:
         started = time.perf_counter()
         self.prepare()
-        self.first_summary = self.first_bare = None
+        self.summaries, self.first_bare = [], None
         kept = self.earlier_rows()
         rows = []
-        for i, mode in enumerate(self.args.modes):
-            row = self.measure(mode, i)
-            rows.append(row)
-            rows_so_far = sorted(kept + rows, key=lambda r: MODES.index(r["mode"]))
-            if self.first_summary is None and row["dropsweep"]["ok"]:
-                self.first_summary = json.loads((self.work / "runs" / mode / "summary.json").read_text())
-            if self.first_bare is None and (self.work / "runs" / f"{mode}-bare.json").exists():
-                self.first_bare = json.loads((self.work / "runs" / f"{mode}-bare.json").read_text())
-            write_results(self.out, rows_so_far, self.meta(rows_so_far) | {"wall_s": time.perf_counter() - started})
+        gpus = [str(g) for g in range(self.args.gpus)] if self.args.gpus > 1 else [None]
+        free = list(gpus)
+
+        def task(index: int, mode: str) -> None:
+            with self.lock:
+                gpu = free.pop(0)
+            try:
+                row = self.measure(mode, index, gpu)
+            finally:
+                with self.lock:
+                    free.append(gpu)
+            with self.lock:
+                rows.append(row)
+                summary_path = self.work / "runs" / mode / "dropsweep-r0" / "summary.json"
+                self.summaries.append({"summary": json.loads(summary_path.read_text())} if summary_path.exists() else {})
+                bare_path = self.work / "runs" / mode / "bare-r0.json"
+                if self.first_bare is None and bare_path.exists():
+                    self.first_bare = json.loads(bare_path.read_text())
+                so_far = sorted(kept + rows, key=lambda r: MODES.index(r["mode"]))
+                write_results(self.out, so_far, self.meta(so_far) | {"wall_s": time.perf_counter() - started})
+
+        # the modes with an extra (ablation) run first, so the longest queue starts earliest
+        order = sorted(enumerate(self.args.modes), key=lambda im: im[1] not in self.args.ablate)
+        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+            for future in [pool.submit(task, i, mode) for i, mode in order]:
+                future.result()
+        rows_so_far = sorted(kept + rows, key=lambda r: MODES.index(r["mode"]))
         print("\n" + markdown_table(rows_so_far))
         print(f"\nresults: {self.out / 'results.md'}, {self.out / 'results.json'} "
               f"({time.perf_counter() - started:.0f} s)")
@@ -266,21 +342,29 @@ def _f(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _ratio_cell(row: dict, key: str) -> str:
+    value, spread = row.get(key), row.get(key + "_range")
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + (f" ({spread[0]:.3f}–{spread[1]:.3f})" if spread and spread[0] != spread[1] else "")
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| mode | step s dropsweep | step s bare | ratio | period ratio | tokens/s | peak GiB (ds / bare) "
-            "| MFU | loss first → last | plain gen tok/s (s/answer) | fast gen tok/s (s/answer) | speedup "
-            "| same tokens |")
+    head = ("| mode | step s dropsweep | step s bare | ratio (range) | period ratio (range) | ratio, W&B off "
+            "| tokens/s | peak GiB (ds / bare) | MFU | loss first → last | plain gen tok/s (s/answer) "
+            "| fast gen tok/s (s/answer) | speedup | same tokens |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         d, b, g = r["dropsweep"], r["bare"], r["gen"]
         if not d["ok"] and not b["ok"]:
-            lines.append(f"| {r['mode']} | failed: {d['error'] or b['error']} |" + " |" * 11)
+            lines.append(f"| {r['mode']} | failed: {d['error'] or b['error']} |" + " |" * 12)
             continue
         same = g.get("fast_same_tokens")
         same = "—" if same is None else ("yes" if same else f"no (from token {g.get('fast_first_divergence')})")
         lines.append(
-            f"| {r['mode']} | {_f(d['step_s'], '.4f')} | {_f(b['step_s'], '.4f')} | {_f(r['ratio_step'], '.3f')} "
-            f"| {_f(r['ratio_period'], '.3f')} | {_f(d['tokens_per_s'], ',.0f')} "
+            f"| {r['mode']} | {_f(d['step_s'], '.4f')} | {_f(b['step_s'], '.4f')} | {_ratio_cell(r, 'ratio_step')} "
+            f"| {_ratio_cell(r, 'ratio_period')} | {_ratio_cell(r, 'ratio_step_disk')} "
+            f"| {_f(d['tokens_per_s'], ',.0f')} "
             f"| {_f(d['peak_mem_gb'], '.2f')} / {_f(b['peak_mem_gb'], '.2f')} | {_f(d['mfu'], '.1%')} "
             f"| {_f(d['loss_first'], '.3f')} → {_f(d['loss_last'], '.3f')} "
             f"| {_f(g.get('tokens_per_s'), '.1f')} ({_f(g.get('s_per_answer'), '.2f')}) "
@@ -293,30 +377,37 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
     s = meta["settings"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
-    worst = max((r["ratio_period"] or 0 for r in rows), default=0)
     speedups = [r["gen"].get("fast_speedup") for r in rows if r["gen"].get("fast_speedup")]
+    worst = max(rows, key=lambda r: r["ratio_step"] or 0, default=None)
+    worst_period = max((r["ratio_period"] or 0 for r in rows), default=0)
     checks = [
-        f"- dropsweep / bare step time, worst mode: {max((r['ratio_step'] or 0 for r in rows), default=0):.3f} "
-        f"(begin → end); {worst:.3f} end to end, with logging, detector and W&B (target <= 1.02)",
-        f"- loss fell in every mode: {all(r['dropsweep']['loss_falls'] and r['bare']['loss_falls'] for r in rows)}",
+        f"- dropsweep / bare step time (median of {s['repeats']} interleaved repeats), worst mode: "
+        + (f"{worst['mode']} {_ratio_cell(worst, 'ratio_step')}" if worst else "—")
+        + f" (begin → end); {worst_period:.3f} end to end, with logging, detector and W&B (target <= 1.02)",
+        f"- loss fell in every mode and run: {all(r['dropsweep']['loss_falls'] and r['bare']['loss_falls'] for r in rows)}",
         f"- fast generation speed-up over plain `generate`: "
         + (f"{min(speedups):.1f}x to {max(speedups):.1f}x (target >= 5x)" if speedups else "not measured"),
     ]
-    errors = [f"- {r['mode']}: {name}: {r[name]['error']}" for r in rows for name in ("dropsweep", "bare")
-              if not r[name]["ok"]]
+    errors = [f"- {r['mode']}: {name}: {r[name]['error']}" for r in rows
+              for name in ("dropsweep", "bare", "dropsweep_disk") if name in r and not r[name]["ok"]]
     failures = [f"- {r['mode']}: fast path compile error: {r['gen']['fast_compile_error']}" for r in rows
                 if r["gen"].get("fast_compile_error")]
+    side = (f"; the modes ran side by side on {meta['gpus_side_by_side']} GPUs, each mode's runs on one GPU"
+            if meta.get("gpus_side_by_side", 1) > 1 else "")
     text = f"""# GPU benchmark: dropsweep vs bare HF Trainer + peft + bitsandbytes
 
 - card: {meta['card']} (dense bf16 peak {_f(meta['peak_bf16_tflops'], '.0f')} TFLOP/s), date {meta['date']}
 - versions: {versions}; dropsweep {meta['git']}
 - model: {meta['model']}: {json.dumps(meta['arch'])}
-- per mode: {s['steps']} steps, median of the steps after the first {s['warmup']}, batch {s['batch']} x {s['seq']} tokens,
-  compute {s['dtype']}, LoRA and optimizer as `{s['bare_settings']}`; dropsweep with W&B offline, the detector and
-  the metrics stream; the two alternate who runs first
-- generation: batch 1, greedy, {s['gen_new_tokens']} new tokens; plain = `generate` on the LoRA-wrapped model as
-  training leaves it; fast = src/generate.py (adapter merged into a dense dequantized bf16 copy, static KV cache,
-  decoding compiled with mode reduce-overhead); warm-up and compilation excluded (set-up time in results.json)
+- per mode: {s['repeats']} repeats of dropsweep and the bare script back to back (who goes first alternates){side};
+  each run {s['steps']} steps, its median step after the first {s['warmup']}; the ratio is the median of the
+  per-repeat ratios, their range in brackets; batch {s['batch']} x {s['seq']} tokens, compute {s['dtype']}, LoRA and
+  optimizer as `{s['bare_settings']}`; dropsweep with W&B offline, the detector and the metrics stream
+  ("W&B off": the same with logger=disk, where measured)
+- generation (the first repeat only): batch 1, greedy, {s['gen_new_tokens']} new tokens; plain = `generate` on the
+  LoRA-wrapped model as training leaves it; fast = src/generate.py (adapter merged into a dense dequantized bf16
+  copy, static KV cache, decoding compiled with mode reduce-overhead); warm-up and compilation excluded
+  (set-up time in results.json)
 - {meta['flop_formula']} ({meta['flops_per_token'] / 1e9:.2f} GFLOP per token here)
 
 {markdown_table(rows)}
@@ -342,16 +433,22 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="/tmp/dropsweep-bench-gpu", help="data file and run dirs")
     parser.add_argument("--cache", default=None, help="cache_dir for the built checkpoint (default dropsweep's)")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per run")
+    parser.add_argument("--repeats", type=int, default=3, help="dropsweep/bare pairs per mode, interleaved")
+    parser.add_argument("--gpus", type=int, default=1, help="run this many modes side by side, one GPU each")
+    parser.add_argument("--ablate", default="", help="modes that also run dropsweep with logger=disk (no W&B)")
     parser.add_argument("--tiny", action="store_true",
                         help="dry run on the CPU: tiny shape, float32, few steps (tests the pipeline, not speed)")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in args.modes if m not in MODES]
+    args.ablate = [m.strip() for m in args.ablate.split(",") if m.strip()]
+    unknown = [m for m in args.modes + args.ablate if m not in MODES]
     if unknown:
         parser.error(f"unknown mode {', '.join(unknown)}; use some of {','.join(MODES)}")
     if args.tiny:
         args.device, args.dtype = "cpu", "float32"
         args.steps, args.warmup, args.batch, args.seq, args.gen_tokens = 6, 2, 2, 64, 8
+    if args.repeats < 1 or args.gpus < 1:
+        parser.error("--repeats and --gpus must be at least 1")
     return args
 
 
