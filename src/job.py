@@ -163,7 +163,7 @@ class Job:
         from src.data import build_datasets
         from src.detect.callback import LossAnomalyCallback
         from src.models import load_model_and_tokenizer
-        from src.training import MetricsStream, generation_speed, train_model
+        from src.training import MetricsStream, OwnTime, generation_speed, train_model
 
         cfg = self.cfg
         self.summary["bnb_version"] = bitsandbytes_version()
@@ -182,7 +182,9 @@ class Job:
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.model.max_length)
         stream = MetricsStream(self._log)
         detector_settings = {k: v for k, v in OmegaConf.to_container(cfg.detector, resolve=True).items()}
-        callbacks = [stream, LossAnomalyCallback(on_event=self._on_event, **detector_settings)]
+        own = OwnTime()
+        callbacks = [own.wrap(stream, "metrics_disk_wandb", skip=("on_step_begin", "on_step_end")),
+                     own.wrap(LossAnomalyCallback(on_event=self._on_event, **detector_settings), "detector")]
         result = train_model(cfg, model, tokenizer, train_set, eval_set, self.device,
                              str(self.run_dir / "trainer"), callbacks)
         self.summary["train_peak_mem_gb"] = round(peak_memory_gb(self.device), 3)  # before generation's copies
@@ -199,7 +201,7 @@ class Job:
             "train_runtime_s": result["train_runtime_s"],
             "tokens_per_s": result["tokens"] / result["train_runtime_s"] if result["train_runtime_s"] else None,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        })
+        } | own.summary(result["global_step"], result["train_runtime_s"]))
         gen = cfg.train.generation
         if gen.max_new_tokens > 0:  # 0: no trial answer (benchmarks, sweeps that only need the curve)
             self.summary.update(generation_speed(model, tokenizer, gen.prompt, gen.max_new_tokens, self.device,

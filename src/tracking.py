@@ -8,6 +8,8 @@ import json
 import math
 import netrc
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +85,12 @@ def wandb_mode(requested: str) -> str:
 
 
 class WandbLogger:
-    """One W&B run per job; group = the sweep, name = the overrides that make the job unique."""
+    """One W&B run per job; group = the sweep, name = the overrides that make the job unique.
+
+    Rows go to W&B from a background thread: `run.log` costs about a millisecond of Python per call,
+    which the training loop would otherwise pay every step. The thread works while the training
+    thread waits on the GPU; close() drains it before the run finishes, so W&B gets every row, in
+    order. metrics.jsonl is written synchronously and stays the source of truth if W&B fails."""
 
     def __init__(self, logger_cfg: DictConfig, run_dir: Path, group: str, name: str, config: dict, tags: list[str]):
         import wandb
@@ -96,25 +103,43 @@ class WandbLogger:
         self.run.define_metric("train/*", step_metric="train/step")
         self.run.define_metric("eval/*", step_metric="train/step")
         self.run.define_metric("detector/*", step_metric="train/step")
+        self.error: str | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send, name="dropsweep-wandb", daemon=True)
+        self._thread.start()
 
     @property
     def info(self) -> dict:
         return {"id": self.run.id, "path": "/".join(self.run.path) if isinstance(self.run.path, (list, tuple))
                 else str(self.run.path), "mode": self.run.settings.mode, "dir": self.run.dir}
 
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            call, args = item
+            try:
+                call(*args)
+            except Exception as exc:  # W&B down or misconfigured: metrics.jsonl still has every row
+                if self.error is None:
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    print(f"[dropsweep] W&B logging failed ({self.error}); metrics.jsonl keeps every step",
+                          flush=True)
+
     def log(self, row: dict) -> None:
         prefix = "eval" if "eval_loss" in row else "train"
         data = {f"{prefix}/{k}": v for k, v in row.items() if k != "step"}
         data["train/step"] = row["step"]
-        self.run.log(data)
+        self._queue.put((self.run.log, (data,)))
 
     def event(self, event: dict, alert: bool) -> None:
-        self.run.log({f"detector/{event['kind']}": event.get("rel_drop") or 1.0, "train/step": event["step"]})
+        self._queue.put((self.run.log, ({f"detector/{event['kind']}": event.get("rel_drop") or 1.0,
+                                         "train/step": event["step"]},)))
         if alert:
             text = ", ".join(f"{k}={v}" for k, v in event.items() if k in ("step", "rel_drop", "cause"))
-            self.wandb.alert(title=f"dropsweep: {event['kind']} at step {event['step']}", text=text)
+            self._queue.put((self.wandb.alert, (f"dropsweep: {event['kind']} at step {event['step']}", text)))
 
     def close(self, summary: dict, exit_code: int) -> None:
+        self._queue.put(None)
+        self._thread.join()
         for key in ("final_loss", "best_loss", "tokens_per_s", "peak_mem_gb", "gen_tokens_per_s", "status"):
             if key in summary:
                 self.run.summary[key] = summary[key]

@@ -52,6 +52,41 @@ class MetricsStream(TrainerCallback):
                             if k in ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm")), flush=True)
 
 
+class OwnTime:
+    """Wall time spent in dropsweep's own callbacks during training: the metrics stream with its sinks
+    (metrics.jsonl, W&B) and the live detector, by part. It is what dropsweep adds to each step of a
+    plain HF Trainer run, measured directly rather than inferred from noisy step-time ratios. The
+    stream's on_step_begin/on_step_end are left out: they only read the clock, after the step's own
+    GPU sync."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+
+    def wrap(self, callback: TrainerCallback, part: str, skip: tuple[str, ...] = ()) -> TrainerCallback:
+        self.parts.setdefault(part, 0.0)
+        for name in dir(TrainerCallback):
+            overridden = getattr(type(callback), name, None) is not getattr(TrainerCallback, name)
+            if name.startswith("on_") and name not in skip and overridden:
+                setattr(callback, name, self._timed(getattr(callback, name), part))
+        return callback
+
+    def _timed(self, method, part: str):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.parts[part] += time.perf_counter() - started
+        return timed
+
+    def summary(self, steps: int, runtime_s: float | None) -> dict:
+        total = sum(self.parts.values())
+        return {"own_time_s": round(total, 4),
+                "own_ms_per_step": round(1000 * total / steps, 4) if steps else None,
+                "own_ms_per_step_by_part": {k: round(1000 * v / steps, 4) for k, v in self.parts.items()} if steps else None,
+                "own_time_fraction": total / runtime_s if runtime_s else None}
+
+
 def _float(value):
     return None if value is None else float(value)
 

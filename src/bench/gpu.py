@@ -302,6 +302,11 @@ class Bench:
         row["ratio_p10"] = ratio(row["dropsweep"]["p10_step_s"], row["bare"]["p10_step_s"])
         if "dropsweep_disk" in names:
             row["ratio_p10_disk"] = ratio(row["dropsweep_disk"]["p10_step_s"], row["bare"]["p10_step_s"])
+        own = [rep["dropsweep"]["summary"].get("own_ms_per_step") for rep in repeats]
+        own = [v for v in own if v is not None]
+        row["own_ms_per_step"] = statistics.median(own) if own else None  # time in dropsweep's callbacks
+        row["own_fraction"] = (row["own_ms_per_step"] / 1000 / row["bare"]["step_s"]
+                               if own and row["bare"]["step_s"] else None)
         summary = repeats[0]["dropsweep"]["summary"]
         row["detector_events"] = len(summary.get("events", []))
         row["wandb_mode"] = (summary.get("wandb") or {}).get("mode")
@@ -406,14 +411,14 @@ def _ratio_cell(row: dict, key: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     head = ("| mode | step s dropsweep | step s bare | ratio (range) | period ratio (range) | p10 ratio "
-            "| ratio, W&B off (p10) "
+            "| ratio, W&B off (p10) | own ms/step (% of step) "
             "| tokens/s | peak GiB (ds / bare) | MFU | loss first → last | plain gen tok/s (s/answer) "
             "| fast gen tok/s (s/answer) | speedup | same tokens |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         d, b, g = r["dropsweep"], r["bare"], r["gen"]
         if not d["ok"] and not b["ok"]:
-            lines.append(f"| {r['mode']} | failed: {d['error'] or b['error']} |" + " |" * 13)
+            lines.append(f"| {r['mode']} | failed: {d['error'] or b['error']} |" + " |" * 14)
             continue
         same = g.get("fast_same_tokens")
         same = "—" if same is None else ("yes" if same else f"no (from token {g.get('fast_first_divergence')})")
@@ -421,6 +426,7 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {r['mode']} | {_f(d['step_s'], '.4f')} | {_f(b['step_s'], '.4f')} | {_ratio_cell(r, 'ratio_step')} "
             f"| {_ratio_cell(r, 'ratio_period')} | {_f(r.get('ratio_p10'), '.3f')} "
             f"| {_ratio_cell(r, 'ratio_step_disk')} ({_f(r.get('ratio_p10_disk'), '.3f')}) "
+            f"| {_f(r.get('own_ms_per_step'), '.3f')} ({_f(r.get('own_fraction'), '.2%')}) "
             f"| {_f(d['tokens_per_s'], ',.0f')} "
             f"| {_f(d['peak_mem_gb'], '.2f')} / {_f(b['peak_mem_gb'], '.2f')} | {_f(d['mfu'], '.1%')} "
             f"| {_f(d['loss_first'], '.3f')} → {_f(d['loss_last'], '.3f')} "
@@ -443,6 +449,8 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
         + f" (begin → end); {worst_period:.3f} end to end, with logging, detector and W&B (target <= 1.02)",
         f"- the same at the floor (10th percentile of each side's pooled steps), worst mode: "
         f"{max((r.get('ratio_p10') or 0 for r in rows), default=0):.3f}",
+        f"- time spent in dropsweep's own callbacks (metrics stream, disk, W&B hand-off, detector), worst mode: "
+        f"{max((r.get('own_fraction') or 0 for r in rows), default=0):.2%} of the bare step",
         f"- loss fell in every mode and run: {all(r['dropsweep']['loss_falls'] and r['bare']['loss_falls'] for r in rows)}",
         f"- fast generation speed-up over plain `generate`: "
         + (f"{min(speedups):.1f}x to {max(speedups):.1f}x (target >= 5x)" if speedups else "not measured"),
@@ -463,7 +471,8 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
   per-repeat ratios, their range in brackets; batch {s['batch']} x {s['seq']} tokens, compute {s['dtype']}, LoRA and
   optimizer as `{s['bare_settings']}`; dropsweep with W&B offline, the detector and the metrics stream
   ("W&B off": the same with logger=disk, where measured); p10 ratio: the 10th percentiles of each side's
-  pooled steps, the undisturbed cost, since interference only adds time
+  pooled steps, the undisturbed cost, since interference only adds time; own ms/step: wall time inside
+  dropsweep's callbacks on the training thread (summary.json's own_ms_per_step), against the bare step
 - generation (the first repeat only): batch 1, greedy, {s['gen_new_tokens']} new tokens; plain = `generate` on the
   LoRA-wrapped model as training leaves it; fast = src/generate.py (adapter merged into a dense dequantized bf16
   copy, static KV cache, decoding compiled with mode reduce-overhead); warm-up and compilation excluded
