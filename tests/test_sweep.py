@@ -20,6 +20,9 @@ def test_sweep_runs_every_combination(tiny_sweep):
         assert summary["bnb_version"] and summary["device"] == "cpu"
         assert summary["tokens_per_s"] > 0 and summary["gen_tokens_per_s"] > 0 and summary["peak_mem_gb"] > 0
         assert (d / ".hydra" / "overrides.yaml").exists()
+        # what dropsweep's own callbacks cost per step, by part, is on record beside the step times
+        assert summary["own_ms_per_step"] > 0 and set(summary["own_ms_by_part"]) == {"metrics_disk_wandb", "detector"}
+        assert summary["own_time_s"] < summary["train_runtime_s"]
 
 
 def test_every_run_streams_metrics_and_its_loss_falls(tiny_sweep):
