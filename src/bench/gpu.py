@@ -228,9 +228,10 @@ class Bench:
                 "step_periods": result.get("step_periods", []), "losses": result.get("losses", []),
                 "peak_mem_gb": result.get("peak_mem_gb"), "result": result}
 
-    def measure(self, mode: str, index: int, gpu: str | None = None) -> dict:
+    def measure(self, mode: str, index: int, gpu: str | None = None) -> tuple[dict, dict]:
         """--repeats back-to-back pairs (plus the W&B-off run for --ablate modes) on one GPU; who goes
-        first alternates from repeat to repeat, so drift (clocks, heat, caches) falls on both."""
+        first alternates from repeat to repeat, so drift (clocks, heat, caches) falls on both.
+        Returns the mode's row and its first repeat's runs (their summaries name the card and versions)."""
         env = self.env | ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})
         if gpu in self.pin:
             cores = sum(len(r) for r in _cpu_ranges(self.pin[gpu]))
@@ -244,7 +245,7 @@ class Bench:
         for rep in range(self.args.repeats):
             order = runners if (index + rep) % 2 == 0 else runners[::-1]
             repeats.append({"first": order[0][0]} | {name: runner(rep) for name, runner in order})
-        return self.row(mode, repeats)
+        return self.row(mode, repeats), repeats[0]
 
     def pooled(self, runs: list[dict]) -> dict:
         """One side (dropsweep or bare) over the repeats: steps after warm-up pooled, the first repeat's curve."""
@@ -316,7 +317,7 @@ class Bench:
 
     def meta(self, rows: list[dict]) -> dict:
         a = self.args
-        first = next((r["summary"] for r in self.summaries if r), {})
+        first = next((summary for summary in self.summaries if summary), {})
         bare = self.first_bare or {}
         return {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -361,17 +362,14 @@ class Bench:
             with self.lock:
                 gpu = free.pop(0)
             try:
-                row = self.measure(mode, index, gpu)
+                row, first = self.measure(mode, index, gpu)
             finally:
                 with self.lock:
                     free.append(gpu)
             with self.lock:
                 rows.append(row)
-                summary_path = self.work / "runs" / mode / "dropsweep-r0" / "summary.json"
-                self.summaries.append({"summary": json.loads(summary_path.read_text())} if summary_path.exists() else {})
-                bare_path = self.work / "runs" / mode / "bare-r0.json"
-                if self.first_bare is None and bare_path.exists():
-                    self.first_bare = json.loads(bare_path.read_text())
+                self.summaries.append(first["dropsweep"]["summary"])
+                self.first_bare = self.first_bare or first["bare"]["result"] or None
                 so_far = sorted(kept + rows, key=lambda r: MODES.index(r["mode"]))
                 write_results(self.out, so_far, self.meta(so_far) | {"wall_s": time.perf_counter() - started})
 
