@@ -63,7 +63,8 @@ class OwnTime:
     def __init__(self, warmup: int = 10):
         self.parts: dict[str, float] = {}
         self.by_step: dict[int, float] = {}
-        self.warmup = warmup  # steps left out of the steady-state median (first calls, imports, W&B set-up)
+        self.warmup = warmup  # steps left out of the steady-state median (first calls, imports, W&B set-up),
+        # unless the run is no longer than that
 
     def wrap(self, callback: TrainerCallback, part: str, skip: tuple[str, ...] = ()) -> TrainerCallback:
         self.parts.setdefault(part, 0.0)
@@ -86,7 +87,7 @@ class OwnTime:
 
     def summary(self, steps: int, runtime_s: float | None) -> dict:
         total = sum(self.parts.values())
-        steady = [v for step, v in sorted(self.by_step.items()) if step > self.warmup]
+        steady = [v for step, v in self.by_step.items() if step > self.warmup] or list(self.by_step.values())
         return {"own_time_s": round(total, 4),
                 "own_ms_per_step": round(1000 * statistics.median(steady), 4) if steady else None,
                 "own_ms_per_step_mean": round(1000 * total / steps, 4) if steps else None,
