@@ -19,6 +19,10 @@ mode's ratio is the median of its per-repeat ratios (each repeat: dropsweep's me
 bare script's, run back to back on the same GPU), shown with their range. With --gpus N the modes
 run side by side, each mode's repeats all on one GPU. --ablate MODES adds, for those modes, a third
 run per repeat with logger=disk (no W&B), to split dropsweep's cost into W&B and the rest.
+--lockstep runs each repeat's runs at once on the same GPU, taking turns one step each
+(src/bench/lockstep.py), so that run-to-run swings of the card fall on both sides. --aa puts a
+second copy of the bare script in dropsweep's place: its ratios are the noise of the measurement.
+`python -m src.bench.pool FILES` pools the ratios of several results files.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from src.bench import lockstep
 from src.data import PROJECT_ROOT, format_example
 
 MODES = ["none", "nf4", "nf4_dq", "fp4", "fp4_dq", "int8"]
@@ -196,10 +201,11 @@ class Bench:
 
     def run_dropsweep(self, mode: str, rep: int, env: dict, name: str = "dropsweep") -> dict:
         run_dir = self.work / "runs" / mode / f"{name}-r{rep}"
-        extra = [] if rep == 0 else ["train.generation.max_new_tokens=0"]  # one trial answer per mode
+        # one trial answer per mode; none in lockstep, where it would share the GPU with the other's steps
+        extra = [] if rep == 0 and not self.args.lockstep else ["train.generation.max_new_tokens=0"]
         if name == "dropsweep_disk":
             extra.append("logger=disk")
-        ok, error = run_logged([sys.executable, "-m", "src.run", *self.overrides(mode), *extra,
+        ok, error = run_logged([*self.launcher(env), "-m", "src.run", *self.overrides(mode), *extra,
                                 f"hydra.run.dir={run_dir}"],
                                self.logs / f"{mode}-{name}-r{rep}.log", env, self.args.timeout)
         summary_path = run_dir / "summary.json"
@@ -208,25 +214,59 @@ class Bench:
                 if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
         rows = [r for r in rows if "loss" in r]
         return {"ok": ok and summary.get("status") == "completed", "error": error or summary.get("error"),
-                "step_times": [r.get("step_time_s") for r in rows], "step_periods": [r.get("step_period_s") for r in rows],
+                "step_times": [r.get("step_time_s") for r in rows],
+                "step_periods": self.held(env) or [r.get("step_period_s") for r in rows],
                 "losses": [r["loss"] for r in rows], "peak_mem_gb": summary.get("train_peak_mem_gb"),
                 "summary": summary}
 
-    def run_bare(self, mode: str, rep: int, env: dict) -> dict:
+    def run_bare(self, mode: str, rep: int, env: dict, name: str = "bare") -> dict:
         a = self.args
-        result_path = self.work / "runs" / mode / f"bare-r{rep}.json"
+        result_path = self.work / "runs" / mode / f"{name}-r{rep}.json"
         result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
         ok, error = run_logged(
-            [sys.executable, str(PROJECT_ROOT / "src/bench/bare_trainer.py"), "--model", self.checkpoint,
+            [*self.launcher(env), str(PROJECT_ROOT / "src/bench/bare_trainer.py"), "--model", self.checkpoint,
              "--data", str(self.data), "--quant", mode, "--compute-dtype", a.dtype, "--steps", str(a.steps),
              "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device, *self.bare_settings,
              "--json", str(result_path)],
-            self.logs / f"{mode}-bare-r{rep}.log", env, self.args.timeout)
+            self.logs / f"{mode}-{name}-r{rep}.log", env, self.args.timeout)
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
         return {"ok": ok and bool(result), "error": error, "step_times": result.get("step_times", []),
-                "step_periods": result.get("step_periods", []), "losses": result.get("losses", []),
-                "peak_mem_gb": result.get("peak_mem_gb"), "result": result}
+                "step_periods": self.held(env) or result.get("step_periods", []), "losses": result.get("losses", []),
+                "peak_mem_gb": result.get("peak_mem_gb"), "result": result, "summary": {}}
+
+    @staticmethod
+    def launcher(env: dict) -> list[str]:
+        return [sys.executable, "-m", "src.bench.lockstep"] if env.get(lockstep.ENV_SOCKET) else [sys.executable]
+
+    @staticmethod
+    def held(env: dict) -> list[float] | None:
+        """In lockstep, how long each step held the GPU: the period, timed with the other run idle."""
+        path = env.get(lockstep.ENV_OUT)
+        if not path or not os.path.exists(path):
+            return None
+        return json.loads(Path(path).read_text())["held_s"] or None
+
+    def in_lockstep(self, runners: list[tuple], mode: str, rep: int, env: dict) -> dict:
+        """All of a repeat's runs at once on one GPU, taking turns step by step (src/bench/lockstep.py)."""
+        sock = str(self.work / f"lockstep-{os.getpid()}-{mode}-{rep}.sock")
+        referee = lockstep.Referee(sock, expected=len(runners))
+
+        def one(name, runner):
+            out = self.work / "runs" / mode / f"{name}-r{rep}.turns.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.unlink(missing_ok=True)
+            try:
+                return runner(rep, env | {lockstep.ENV_SOCKET: sock, lockstep.ENV_OUT: str(out)})
+            finally:
+                referee.finished()
+
+        try:
+            with ThreadPoolExecutor(max_workers=len(runners)) as pool:
+                futures = {name: pool.submit(one, name, runner) for name, runner in runners}
+                return {name: future.result() for name, future in futures.items()}
+        finally:
+            referee.close()
 
     def measure(self, mode: str, index: int, gpu: str | None = None) -> tuple[dict, dict]:
         """--repeats back-to-back pairs (plus the W&B-off run for --ablate modes) on one GPU; who goes
@@ -237,14 +277,19 @@ class Bench:
             cores = sum(len(r) for r in _cpu_ranges(self.pin[gpu]))
             env |= {"DROPSWEEP_BENCH_CPUS": self.pin[gpu], "OMP_NUM_THREADS": str(cores)}
         print(f"[{mode}]{f' on GPU {gpu}' if gpu is not None else ''}", flush=True)
-        runners = [("dropsweep", lambda rep: self.run_dropsweep(mode, rep, env)),
-                   ("bare", lambda rep: self.run_bare(mode, rep, env))]
+        runners = [("dropsweep", lambda rep, env: self.run_dropsweep(mode, rep, env)),
+                   ("bare", lambda rep, env: self.run_bare(mode, rep, env))]
+        if self.args.aa:  # A/A control: the bare script against a second copy of itself, in dropsweep's place
+            runners[0] = ("dropsweep", lambda rep, env: self.run_bare(mode, rep, env, "bare_again"))
         if mode in self.args.ablate:
-            runners.append(("dropsweep_disk", lambda rep: self.run_dropsweep(mode, rep, env, "dropsweep_disk")))
+            runners.append(("dropsweep_disk", lambda rep, env: self.run_dropsweep(mode, rep, env, "dropsweep_disk")))
         repeats = []
         for rep in range(self.args.repeats):
             order = runners if (index + rep) % 2 == 0 else runners[::-1]
-            repeats.append({"first": order[0][0]} | {name: runner(rep) for name, runner in order})
+            if self.args.lockstep:  # the order is who starts first and takes the first turn
+                repeats.append({"first": order[0][0]} | self.in_lockstep(order, mode, rep, env))
+                continue
+            repeats.append({"first": order[0][0]} | {name: runner(rep, env) for name, runner in order})
         return self.row(mode, repeats), repeats[0]
 
     def pooled(self, runs: list[dict]) -> dict:
@@ -319,16 +364,18 @@ class Bench:
         a = self.args
         first = next((summary for summary in self.summaries if summary), {})
         bare = self.first_bare or {}
+        card = first.get("device_name") or bare.get("device_name")
         return {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "card": first.get("device_name"), "peak_bf16_tflops": peak_tflops(first.get("device_name") or ""),
-            "versions": (first.get("versions") or {}) | {"bitsandbytes": first.get("bnb_version"),
-                                                          "cuda": bare.get("cuda")},
+            "card": card, "peak_bf16_tflops": peak_tflops(card or ""),
+            "versions": (first.get("versions") or bare.get("versions") or {})  # the bare script's under --aa
+            | {"bitsandbytes": first.get("bnb_version") or (bare.get("versions") or {}).get("bitsandbytes"),
+               "cuda": bare.get("cuda")},
             "git": _git_describe(),
             "model": "polyglot_ko_1_3b_random" + (" (tiny shape)" if a.tiny else ""), "arch": self.arch,
             "settings": {"steps": a.steps, "warmup": a.warmup, "batch": a.batch, "seq": a.seq, "dtype": a.dtype,
                          "device": a.device, "gen_new_tokens": a.gen_tokens, "prompt": self.prompt,
-                         "repeats": a.repeats, "bare_settings": " ".join(self.bare_settings)},
+                         "repeats": a.repeats, "lockstep": a.lockstep, "aa": a.aa, "bare_settings": " ".join(self.bare_settings)},
             "gpus_side_by_side": a.gpus,
             "flop_formula": FLOP_FORMULA,
             "flops_per_token": training_flops_per_token(self.arch, a.seq),
@@ -459,12 +506,16 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
                 if r["gen"].get("fast_compile_error")]
     side = (f"; the modes ran side by side on {meta['gpus_side_by_side']} GPUs, each mode's runs on one GPU"
             if meta.get("gpus_side_by_side", 1) > 1 else "")
+    control = ("\n- A/A CONTROL: the dropsweep columns are a second copy of the bare script, so every ratio here is "
+               "the measurement's own noise" if s.get("aa") else "")
+    pairing = ("at once on one GPU in lockstep, taking turns step by step (src/bench/lockstep.py); the period is "
+               "the time a step held the GPU" if s.get("lockstep") else "back to back (who goes first alternates)")
     text = f"""# GPU benchmark: dropsweep vs bare HF Trainer + peft + bitsandbytes
 
 - card: {meta['card']} (dense bf16 peak {_f(meta['peak_bf16_tflops'], '.0f')} TFLOP/s), date {meta['date']}
 - versions: {versions}; dropsweep {meta['git']}
 - model: {meta['model']}: {json.dumps(meta['arch'])}
-- per mode: {s['repeats']} repeats of dropsweep and the bare script back to back (who goes first alternates){side};
+- per mode: {s['repeats']} repeats of dropsweep and the bare script {pairing}{side};
   each run {s['steps']} steps, its median step after the first {s['warmup']}; the ratio is the median of the
   per-repeat ratios, their range in brackets; batch {s['batch']} x {s['seq']} tokens, compute {s['dtype']}, LoRA and
   optimizer as `{s['bare_settings']}`; dropsweep with W&B offline, the detector and the metrics stream
@@ -474,7 +525,7 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
 - generation (the first repeat only): batch 1, greedy, {s['gen_new_tokens']} new tokens; plain = `generate` on the
   LoRA-wrapped model as training leaves it; fast = src/generate.py (adapter merged into a dense dequantized bf16
   copy, static KV cache, decoding compiled with mode reduce-overhead); warm-up and compilation excluded
-  (set-up time in results.json)
+  (set-up time in results.json){control}
 - {meta['flop_formula']} ({meta['flops_per_token'] / 1e9:.2f} GFLOP per token here)
 
 {markdown_table(rows)}
@@ -503,6 +554,10 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="dropsweep/bare pairs per mode, interleaved")
     parser.add_argument("--gpus", type=int, default=1, help="run this many modes side by side, one GPU each")
     parser.add_argument("--ablate", default="", help="modes that also run dropsweep with logger=disk (no W&B)")
+    parser.add_argument("--aa", action="store_true",
+                        help="A/A control: run the bare script against itself, to show the noise of the ratio")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="run each repeat's runs at once on one GPU, taking turns step by step (no generation)")
     parser.add_argument("--tiny", action="store_true",
                         help="dry run on the CPU: tiny shape, float32, few steps (tests the pipeline, not speed)")
     args = parser.parse_args(argv)
