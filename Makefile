@@ -59,7 +59,7 @@ bench-detect: setup ## detector benchmark on synthetic curves vs ruptures PELT a
 	$(PY) -m src.bench.detect $(ARGS)
 
 # No `setup` prerequisite: GPU machines often bring their own CUDA python (make bench-gpu PY=python3).
-bench-gpu: ## GPU: dropsweep vs bare Trainer per quant mode, 3 interleaved pairs each, plain vs fast generation (about 16 min on one H200; ARGS=--gpus 4: 7 min)
+bench-gpu: ## GPU: dropsweep vs bare Trainer per quant mode, 3 interleaved pairs each, plain vs fast generation (about 16 min on one H200; ARGS=--gpus 4: 7 min; ARGS=--lockstep: both at once, taking turns step by step)
 	$(PY) -m src.bench.gpu --out experiments/gpu $(ARGS)
 
 bench-sweep-gpus: ## GPU: a 4-job sweep one job per GPU (joblib) vs sequential; ARGS=--dry runs it on CPU
