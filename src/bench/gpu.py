@@ -286,7 +286,7 @@ class Bench:
         repeats = []
         for rep in range(self.args.repeats):
             order = runners if (index + rep) % 2 == 0 else runners[::-1]
-            if self.args.lockstep:  # the order is who starts first and takes the first turn
+            if self.args.lockstep:  # the order is who is launched first; the first to reach training gets the first turn
                 repeats.append({"first": order[0][0]} | self.in_lockstep(order, mode, rep, env))
                 continue
             repeats.append({"first": order[0][0]} | {name: runner(rep, env) for name, runner in order})

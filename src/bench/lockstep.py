@@ -46,7 +46,6 @@ class Referee:
         self.server.listen(expected)
         self.server.setblocking(False)
         self.done = 0
-        self.turns = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="lockstep-referee", daemon=True)
         self._thread.start()
@@ -86,7 +85,6 @@ class Referee:
                     reply = conn.recv(1)
                 except OSError:
                     reply = b""
-                self.turns += 1
                 if reply != DONE:  # ended, or the process went away
                     clients.remove(conn)
                     conn.close()
