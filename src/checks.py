@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from src.data import check_data_file
-from src.errors import ConfigError
-from src.models import DTYPES, checkpoint_path, linear_module_names, lora_targets
+from .data import check_data_file
+from .errors import ConfigError
+from .models import DTYPES, checkpoint_path, linear_module_names, lora_targets
 
 
 def check_config(cfg: DictConfig, device: str) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 from omegaconf import DictConfig
 
-from src.errors import ConfigError
+from .errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # KoAlpaca's template ("question", "answer"), the one the QLoRA recipes train with.

@@ -23,7 +23,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from packaging.version import InvalidVersion, Version
 
-from src.errors import ConfigError
+from .errors import ConfigError
 
 READY = "dropsweep-env.json"  # written last: an overlay without it was never finished
 CPU_SINCE = Version("0.46.0")

@@ -181,8 +181,8 @@ def load_run(run_dir: Path, device: str | None = None):
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
-    from src.models import load_model_and_tokenizer
-    from src.versions import resolve_device
+    from .models import load_model_and_tokenizer
+    from .versions import resolve_device
 
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
@@ -196,7 +196,7 @@ def load_run(run_dir: Path, device: str | None = None):
 
 
 def main(argv=None) -> None:
-    from src.data import PROMPT_TEMPLATE
+    from .data import PROMPT_TEMPLATE
 
     parser = argparse.ArgumentParser(description="Generate with the model a run fine-tuned (fast path by default).")
     parser.add_argument("run_dir", type=Path, help="a run directory (with adapter/ and .hydra/)")

@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src import launch
-from src.errors import ConfigError
-from src.tracking import DiskLogger, WandbLogger, flatten, write_json
-from src.versions import bitsandbytes_version, device_name, library_versions, peak_memory_gb, resolve_device
+from . import launch
+from .errors import ConfigError
+from .tracking import DiskLogger, WandbLogger, flatten, write_json
+from .versions import bitsandbytes_version, device_name, library_versions, peak_memory_gb, resolve_device
 
 # transformers, peft, datasets and the modules that use them are imported inside Job.run, in the
 # process that trains: a job that re-executes itself elsewhere (another bitsandbytes, its own GPU)
@@ -102,7 +102,7 @@ class Job:
             if self.cfg.threads:
                 torch.set_num_threads(int(self.cfg.threads))
             _quiet_libraries()
-            from src.checks import check_config
+            from .checks import check_config
 
             check_config(self.cfg, self.device)
             self._write_summary()
@@ -160,10 +160,10 @@ class Job:
     def _train(self) -> None:
         import transformers
 
-        from src.data import build_datasets
-        from src.detect.callback import LossAnomalyCallback
-        from src.models import load_model_and_tokenizer
-        from src.training import MetricsStream, OwnTime, generation_speed, train_model
+        from .data import build_datasets
+        from .detect.callback import LossAnomalyCallback
+        from .models import load_model_and_tokenizer
+        from .training import MetricsStream, OwnTime, generation_speed, train_model
 
         cfg = self.cfg
         self.summary["bnb_version"] = bitsandbytes_version()

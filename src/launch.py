@@ -26,9 +26,9 @@ from filelock import FileLock, Timeout
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from src import envs, sweep
-from src.errors import ConfigError
-from src.tracking import write_json
+from . import envs, sweep
+from .errors import ConfigError
+from .tracking import write_json
 
 CHILD_ENV = sweep.CHILD_ENV
 GROUP_ENV = "DROPSWEEP_GROUP"  # the W&B group (the sweep's name) handed to the child
@@ -108,7 +108,7 @@ def child_command(hydra_cfg, python: str, run_dir: Path) -> list[str]:
          "hydra.job.num=", "hydra.job.id="))]
     quoted = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
     config_name = [] if hydra_cfg.job.config_name == "config" else ["--config-name", hydra_cfg.job.config_name]
-    return [python, "-m", "src.run", *config_name, *task, *passed, "hydra.mode=RUN", f"hydra.run.dir='{quoted}'",
+    return [python, "-m", f"{__package__}.run", *config_name, *task, *passed, "hydra.mode=RUN", f"hydra.run.dir='{quoted}'",
             "hydra.output_subdir=null"]
 
 

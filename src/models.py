@@ -64,7 +64,7 @@ def _make_tiny_neox(cfg: DictConfig, out: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-    from src.data import PROJECT_ROOT, format_example
+    from .data import PROJECT_ROOT, format_example
 
     tiny = cfg.model.tiny
     import json

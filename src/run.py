@@ -5,7 +5,7 @@ The work happens in `src.job.run_job(cfg)`; this file only hands Hydra's config 
 import hydra
 from omegaconf import DictConfig
 
-from src.job import run_job
+from .job import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from src.tracking import write_json
+from .tracking import write_json
 
 MANIFEST = "manifest.json"
 CHILD_ENV = "DROPSWEEP_CHILD"  # set in a job's re-executed process (src/launch.py): it keeps no books
@@ -169,7 +169,7 @@ def resume_command(sweep_dir: Path) -> list[str]:
     keep = [o for o in saved.hydra.overrides.hydra
             if not o.startswith(("hydra.mode=", "hydra.sweep.dir=", "hydra.job.num="))]
     task = [o for o in saved.hydra.overrides.task if not o.startswith("sweep.resume=")]
-    return [sys.executable, "-m", "src.run", "-m", *task, *keep, f"hydra.sweep.dir={sweep_dir}"]
+    return [sys.executable, "-m", f"{__package__}.run", "-m", *task, *keep, f"hydra.sweep.dir={sweep_dir}"]
 
 
 def latest_sweep(root: Path = Path("experiments/sweeps")) -> Path | None:

@@ -154,6 +154,6 @@ def generation_speed(model, tokenizer, prompt: str, max_new_tokens: int, device:
     """New tokens per second and seconds per answer for one fixed prompt (greedy, batch 1); with `fast`,
     also the fast path for trying the model (merged adapter, static cache, compiled decoding) and
     whether its tokens match. Both live in src/generate.py."""
-    from src.generate import generation_summary
+    from .generate import generation_summary
 
     return generation_summary(model, tokenizer, prompt, max_new_tokens, fast=fast)

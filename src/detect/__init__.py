@@ -2,10 +2,10 @@
 stalls and hidden NaN, over a whole log (`detect`) or live (`StreamingDetector`,
 `LossAnomalyCallback`). `python -m src.detect PATH` runs it on a log file."""
 
-from src.detect.core import detect
-from src.detect.formats import Curve, LogFormatError, load_curve
-from src.detect.rules import Event, Settings
-from src.detect.streaming import StreamingDetector
+from .core import detect
+from .formats import Curve, LogFormatError, load_curve
+from .rules import Event, Settings
+from .streaming import StreamingDetector
 
 __all__ = ["Curve", "Event", "LogFormatError", "LossAnomalyCallback", "Settings", "StreamingDetector", "detect", "load_curve"]
 
@@ -13,7 +13,7 @@ __all__ = ["Curve", "Event", "LogFormatError", "LossAnomalyCallback", "Settings"
 def __getattr__(name):
     # The callback needs transformers; import it only when asked for.
     if name == "LossAnomalyCallback":
-        from src.detect.callback import LossAnomalyCallback
+        from .callback import LossAnomalyCallback
 
         return LossAnomalyCallback
     raise AttributeError(f"module 'src.detect' has no attribute {name!r}")

@@ -15,8 +15,8 @@ import sys
 
 import numpy as np
 
-from src.detect import LogFormatError, detect, load_curve
-from src.detect.rules import Settings
+from . import LogFormatError, detect, load_curve
+from .rules import Settings
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     else:
         print_table(args.path, curve, events, notes)
     if args.plot:
-        from src.detect.plot import plot_events
+        from .plot import plot_events
 
         plot_events(curve, events, args.plot, title=f"{args.path}: {len(events)} event{'s' if len(events) != 1 else ''}")
     return 0

@@ -1,6 +1,6 @@
 """A Hugging Face TrainerCallback that watches the training loss live.
 
-    from src.detect import LossAnomalyCallback
+    from dropsweep.detect import LossAnomalyCallback   # or src.detect from a checkout
     trainer = Trainer(..., callbacks=[LossAnomalyCallback(on_drop="log", on_stall="stop")])
 
 Each event is printed as one line; `on_event(event)` receives it too (dropsweep routes events
@@ -16,7 +16,7 @@ import logging
 
 from transformers import TrainerCallback
 
-from src.detect.streaming import StreamingDetector
+from .streaming import StreamingDetector
 
 ACTIONS = ("log", "alert", "stop")
 logger = logging.getLogger("src.detect")

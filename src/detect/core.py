@@ -14,8 +14,8 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from src.detect.causes import DropContext, describe_nonfinite, describe_stall, explain_drop
-from src.detect.rules import (
+from .causes import DropContext, describe_nonfinite, describe_stall, explain_drop
+from .rules import (
     EPOCH_MIN_POINTS,
     FROZEN_LOSS_FLOOR,
     FRESH_WINDOWS,

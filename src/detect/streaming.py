@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from src.detect.causes import describe_nonfinite, describe_stall, explain_drop
-from src.detect.core import (
+from .causes import describe_nonfinite, describe_stall, explain_drop
+from .core import (
     candidates,
     close_cluster,
     drop_context,
@@ -27,7 +27,7 @@ from src.detect.core import (
     spike_event,
     stall_event,
 )
-from src.detect.rules import (
+from .rules import (
     EPOCH_MIN_POINTS,
     FRESH_WINDOWS,
     FROZEN_LOSS_FLOOR,

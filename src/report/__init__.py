@@ -7,8 +7,8 @@ In Python (a notebook): `report = make_report(path)` reads and analyses the runs
 `report.sweep.runs`, `report.attribution` and `report.verdict` hold the results, and
 `write_report(report)` writes report.md, report.html, report.json and report_plots/.
 """
-from src.report.attribution import Attribution, attribute
-from src.report.build import Report, load_sweep, make_report, write_report
-from src.report.runs import Run, Sweep, latest_sweep
+from .attribution import Attribution, attribute
+from .build import Report, load_sweep, make_report, write_report
+from .runs import Run, Sweep, latest_sweep
 
 __all__ = ["Attribution", "Report", "Run", "Sweep", "attribute", "latest_sweep", "load_sweep", "make_report", "write_report"]

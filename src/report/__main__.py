@@ -9,9 +9,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from src.report.build import make_report, write_report
-from src.report.runs import latest_sweep
-from src.report.terminal import print_report
+from .build import make_report, write_report
+from .runs import latest_sweep
+from .terminal import print_report
 
 PROGRESS_FROM = 50  # runs; smaller sweeps are done before a bar would be worth drawing
 

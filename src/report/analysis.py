@@ -20,7 +20,7 @@ from typing import Optional, Union
 import msgspec
 import numpy as np
 
-from src.detect import Curve, LogFormatError, Settings, detect, load_curve
+from ..detect import Curve, LogFormatError, Settings, detect, load_curve
 
 PREVIEW_POINTS = 400  # points kept per curve for the plots
 PARALLEL_FROM = 16  # fewer runs than this are analysed in this process

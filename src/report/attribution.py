@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from src.report.runs import SUMMARY_FACTORS, Run
+from .runs import SUMMARY_FACTORS, Run
 
 OUTCOMES = {  # event kind -> what the runs that show it did
     "drop": "dropped",

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from src.report import wandb_report
-from src.report.analysis import analyse_all, detector_settings
-from src.report.attribution import Attribution, attribute
-from src.report.render import html_page, markdown
-from src.report.runs import Sweep, find_sweep_runs
-from src.report.verdict import verdict as make_verdict
+from . import wandb_report
+from .analysis import analyse_all, detector_settings
+from .attribution import Attribution, attribute
+from .render import html_page, markdown
+from .runs import Sweep, find_sweep_runs
+from .verdict import verdict as make_verdict
 
 FILES = ("report.md", "report.html", "report.json")
 PLOTS_DIR = "report_plots"
@@ -75,14 +75,14 @@ def make_report(path, jobs: int | None = None, plots: bool = True, progress=None
     started = time.perf_counter()
     timings = {}
     # matplotlib is imported while the detector workers run (this process would only wait)
-    sweep = load_sweep(path, jobs, progress, meanwhile=(lambda: importlib.import_module("src.report.plots")) if plots else None)
+    sweep = load_sweep(path, jobs, progress, meanwhile=(lambda: importlib.import_module(f"{__package__}.plots")) if plots else None)
     timings["load and detect"] = time.perf_counter() - started
     attribution = attribute(sweep.runs)
     text = make_verdict(sweep.runs, attribution)
     report = Report(sweep, attribution, text, detector_settings(sweep.base_config), datetime.now(), plots=plots)
     timings["attribute"] = time.perf_counter() - started - sum(timings.values())
     if plots:
-        from src.report.plots import pictures  # matplotlib only when drawing
+        from .plots import pictures  # matplotlib only when drawing
 
         report.pictures = pictures(sweep.runs, attribution.ranked_factors(), jobs)
         timings["plot"] = time.perf_counter() - started - sum(timings.values())
@@ -95,7 +95,7 @@ def make_report(path, jobs: int | None = None, plots: bool = True, progress=None
 def write_report(report: Report, out: Path | None = None) -> list[Path]:
     """report.md, report.html (self-contained), report.json and report_plots/*.png into `out`
     (default: the sweep directory, or the log file's folder)."""
-    from src.report.document import blocks
+    from .document import blocks
 
     started = time.perf_counter()
     out = Path(out) if out else (report.sweep.path if report.sweep.path.is_dir() else report.sweep.path.parent)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from src.detect import Settings
-from src.report import environment
-from src.report.attribution import OUTCOMES
-from src.report.render import Bullets, Code, Heading, Image, Table, Text
-from src.report.verdict import separation_sentence
+from ..detect import Settings
+from . import environment
+from .attribution import OUTCOMES
+from .render import Bullets, Code, Heading, Image, Table, Text
+from .verdict import separation_sentence
 
 MAX_FACTOR_COLUMNS = 6
 MAX_EVENT_ROWS = 300
@@ -189,7 +189,7 @@ def curves_section(report) -> list:
         return out
     out.append(Text("Train loss (log scale, downsampled to at most 400 points a run). Red: runs with a drop, brown: "
                     "a stall, black: non-finite losses, blue: none of these. Markers: ▼ drop, ■ stall, ▲ spike, ✕ non-finite."))
-    from src.report.plots import MAX_FIGURES, MAX_LEVELS, safe
+    from .plots import MAX_FIGURES, MAX_LEVELS, safe
 
     drawn = {p.name for p in report.pictures}
     skipped = [f.name for f in report.attribution.factors if f"by_{safe(f.name)}.png" not in drawn]

@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from src.detect.plot import MARKERS  # noqa: E402
-from src.report.analysis import PARALLEL_FROM  # noqa: E402
+from ..detect.plot import MARKERS  # noqa: E402
+from .analysis import PARALLEL_FROM  # noqa: E402
 
 MAX_LEVELS = 8  # a factor with more levels gets no figure (its table says it all)
 MAX_FIGURES = 6  # factor figures at most

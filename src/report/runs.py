@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from src.report.environment import duration
+from .environment import duration
 
 SUMMARY_FACTORS = ("model", "data", "quant", "double_quant", "compute_dtype", "lora_r", "lora_alpha", "lora_targets",
                    "bnb_version", "bnb_requested", "device", "device_name")

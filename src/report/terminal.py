@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from src.report.document import events_cell, fmt
+from .document import events_cell, fmt
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "incomplete": "yellow", "running": "yellow", "stopped": "yellow"}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from src.report.attribution import OUTCOMES, Attribution, Separation
+from .attribution import OUTCOMES, Attribution, Separation
 
 CAUSES = {  # detector cause -> where the drops are
     "epoch_boundary": "at epoch boundaries",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from src.tracking import wandb_mode
+from ..tracking import wandb_mode
 
 # Report factor -> the flattened config key the run logged to W&B (src/tracking.py: flatten).
 CONFIG_KEYS = {
