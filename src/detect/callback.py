@@ -32,6 +32,10 @@ class LossAnomalyCallback(TrainerCallback):
         self.detector = StreamingDetector(**settings)
         self.events = []  # every event so far, in the order decided
 
+    def action(self, event) -> str:
+        """What the user asked for on this kind of event: log, alert or stop (the one place that decides)."""
+        return self.actions.get(event.kind, "log")
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if not state.is_world_process_zero or ("loss" not in logs and "eval_loss" not in logs):
@@ -54,7 +58,7 @@ class LossAnomalyCallback(TrainerCallback):
     def _handle(self, events, control) -> None:
         for event in events:
             self.events.append(event)
-            action = self.actions.get(event.kind, "log")
+            action = self.action(event)
             print(f"[loss anomaly] {event.describe()}", flush=True)
             if self.on_event is not None:
                 self.on_event(event)
