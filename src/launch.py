@@ -19,63 +19,60 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from filelock import FileLock, Timeout
-from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from . import envs, sweep
+from . import envs
 from .errors import ConfigError
-from .tracking import write_json
+from .rundir.files import read_summary, write_summary
+from .sweep import CHILD_ENV, interrupted
+from .train import archive_attempt, initial_summary, train
+from .versions import resolve_device
 
-CHILD_ENV = sweep.CHILD_ENV
 GROUP_ENV = "DROPSWEEP_GROUP"  # the W&B group (the sweep's name) handed to the child
 
 
-def group(hydra_cfg, run_dir: Path) -> str:
+def group_name(hydra_cfg, run_dir: Path) -> str:
+    """The W&B group: the sweep's name in a sweep (handed down to a re-executed child), else the run's."""
     if os.environ.get(GROUP_ENV):
         return os.environ[GROUP_ENV]
-    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else run_dir.name
+    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else run_dir.name
 
 
-def run(job, hydra_cfg) -> dict:
-    """Runs `job` (a src.job.Job) here or in a child process; returns its summary."""
+@dataclass
+class JobSpec:
+    """What a launcher needs to know of one job, read once from Hydra's state by src/run.py."""
+    run_dir: Path
+    name: str  # its overrides, 'quant=nf4,lora.r=16'
+    group: str  # the W&B group: the sweep's name
+    multirun: bool
+    command: list[str] = field(default_factory=list)  # how to re-execute it: python -m <package>.run ...
+    cwd: str = "."
+
+
+def run(cfg, spec: JobSpec) -> dict:
+    """Runs the job here or in a child process of its own; returns its summary (what happened)."""
     if os.environ.get(CHILD_ENV):
-        return job.run()
-    multirun = sweep.in_sweep(hydra_cfg)
-    if multirun:
-        skipped = sweep.skip(job.cfg, hydra_cfg, job.run_dir, job.name)
-        if skipped is not None:
-            return skipped
-    reasons = child_reasons(job.cfg, job.device, multirun)
-    if multirun:
-        sweep.job_started(hydra_cfg, job.run_dir, job.name, device=job.device, process=reasons or ["in the sweep's process"])
-    summary = _run_here_or_in_child(job, hydra_cfg, reasons, multirun)
-    if multirun and summary.get("status") == "stopped" and slurm_requeued():
-        # SLURM stopped this attempt to run it again: the next attempt gives the job's result, this one none
-        sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, status="requeued", ended_at=sweep.now(),
-                         exit_reason=f"{summary.get('stop_reason')}: SLURM requeued the job; it restarts in this run dir")
-        raise SystemExit(f"dropsweep: job {hydra_cfg.job.num} stopped and requeued by SLURM")
-    return summary
-
-
-def _run_here_or_in_child(job, hydra_cfg, reasons: list[str], multirun: bool) -> dict:
+        return train(cfg, spec.run_dir, group=spec.group, name=spec.name)
+    device = resolve_device(cfg.device)
+    reasons = child_reasons(cfg, device, spec.multirun)
     if not reasons:
-        return job.run()
+        return train(cfg, spec.run_dir, group=spec.group, name=spec.name)
     try:
         python = sys.executable
-        if envs.needs_overlay(job.cfg.bnb):
-            envs.check_request(job.cfg.bnb, job.device)
-            version, companions = envs.requested(job.cfg.bnb)
-            python = str(envs.ensure(version, companions, job.cfg.cache_dir))
+        if envs.needs_overlay(cfg.bnb):
+            envs.check_request(cfg.bnb, device)
+            version, companions = envs.requested(cfg.bnb)
+            python = str(envs.ensure(version, companions, cfg.cache_dir))
     except ConfigError as exc:
-        return _failed(job, str(exc))
-    with _gpu_slot(job.cfg, job.device, multirun) as gpu:
-        if multirun and gpu is not None:
-            sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, gpu=gpu, gpu_since=sweep.now())
-        return _run_child(job, hydra_cfg, python, gpu)
+        return _not_started(cfg, spec, device, str(exc))
+    archive_attempt(spec.run_dir)
+    with _gpu_slot(cfg, device, spec.multirun) as gpu:
+        return _run_child(cfg, spec, python, gpu) | ({"gpu": gpu} if gpu is not None else {})
 
 
 def slurm_requeued() -> bool:
@@ -100,8 +97,8 @@ def child_reasons(cfg, device: str, multirun: bool) -> list[str]:
     return reasons
 
 
-def child_command(hydra_cfg, python: str, run_dir: Path) -> list[str]:
-    """`python -m src.run <task overrides> hydra.run.dir=<run dir>` in run mode, writing no second .hydra/."""
+def child_command(hydra_cfg, run_dir: Path, python: str = "python") -> list[str]:
+    """`python -m <package>.run <task overrides> hydra.run.dir=<run dir>` in run mode, writing no second .hydra/."""
     task = list(hydra_cfg.overrides.task)
     passed = [o for o in hydra_cfg.overrides.hydra if not o.startswith(
         ("hydra.mode=", "hydra.sweep.", "hydra.run.", "hydra/launcher=", "hydra.launcher.", "hydra.output_subdir=",
@@ -112,51 +109,58 @@ def child_command(hydra_cfg, python: str, run_dir: Path) -> list[str]:
             "hydra.output_subdir=null"]
 
 
-def _run_child(job, hydra_cfg, python: str, gpu) -> dict:
-    summary_path = job.run_dir / "summary.json"
-    summary_path.unlink(missing_ok=True)  # what is read back must be this attempt's
-    env = os.environ | {CHILD_ENV: "1", GROUP_ENV: job.group}
+def _run_child(cfg, spec: JobSpec, python: str, gpu) -> dict:
+    env = os.environ | {CHILD_ENV: "1", GROUP_ENV: spec.group}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    if job.cfg.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.cfg.threads)
-    command = child_command(hydra_cfg, python, job.run_dir)
-    child = subprocess.Popen(command, cwd=hydra_cfg.runtime.cwd, env=env, start_new_session=True,
-                             preexec_fn=_die_with_parent)
-    if sweep.in_sweep(hydra_cfg):
-        sweep.update_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, pid=child.pid, python=python)
+    if cfg.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
+    command = [python, *spec.command[1:]]
+    if interrupted():
+        return _not_started(cfg, spec, resolve_device(cfg.device), f"not started: the sweep was interrupted by {interrupted().name}", status="skipped")
+    child = subprocess.Popen(command, cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     with _forward_signals(child):
         returncode = child.wait()
-    if not summary_path.exists():
-        return _failed(job, f"the job's process ({' '.join(command[:3])}) exited with code {returncode} "
+    summary = read_summary(spec.run_dir)
+    if summary is None:
+        return _not_started(cfg, spec, resolve_device(cfg.device),
+                            f"the job's process ({' '.join(command[:3])}) exited with code {returncode} "
                             f"before it started; its output is above")
-    summary = json.loads(summary_path.read_text())
     if summary.get("status") == "running":  # it never recorded an end: killed, or crashed hard
-        steps = _logged_steps(job.run_dir)
+        steps = _logged_steps(spec.run_dir)
         how = f"killed by {signal.Signals(-returncode).name}" if returncode < 0 else f"crashed (exit code {returncode})"
         return summary | {"status": "killed", "exit_reason": f"{how} after step {steps}; summary.json left "
                                                              f"'running' (incomplete), metrics.jsonl readable"}
-    version, _ = envs.requested(job.cfg.bnb)
+    version, _ = envs.requested(cfg.bnb)
     if version != "installed" and summary.get("status") != "failed" and summary.get("bnb_version") != version:
         summary |= {"status": "failed", "error": f"bnb={version} was requested but the job imported "
                                                  f"bitsandbytes {summary.get('bnb_version')}"}
-        write_json(summary_path, summary)
+        write_summary(spec.run_dir, summary)
     return summary
 
 
-def _failed(job, message: str) -> dict:
-    """A job that failed before its process started: recorded like any other failed job."""
-    print(f"dropsweep: job {job.name} failed: {message}", file=sys.stderr)
-    job.summary.update(status="failed", error=message, bnb_version=None, ended_at=sweep.now())
-    write_json(job.run_dir / "summary.json", job.summary)
-    return job.summary
+def _not_started(cfg, spec: JobSpec, device: str, message: str, status: str = "failed") -> dict:
+    """A job whose process never started: recorded like any other job that ended so."""
+    if status == "failed":
+        print(f"dropsweep: job {spec.name} failed: {message}", file=sys.stderr)
+    summary = initial_summary(cfg, device, spec.name) | {"bnb_version": None, "status": status,
+                                                          ("error" if status == "failed" else "exit_reason"): message}
+    try:
+        archive_attempt(spec.run_dir)
+        write_summary(spec.run_dir, summary)
+    except OSError:
+        pass  # the caller prints and records the result either way
+    return summary
 
 
 def _logged_steps(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [json.loads(line).get("step", 0) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    steps = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            steps.append(int(json.loads(line).get("step", 0)))
     return max(steps, default=0)
 
 
@@ -170,11 +174,20 @@ def _die_with_parent() -> None:
 def _forward_signals(child: subprocess.Popen):
     """SIGINT/SIGTERM to this process go to the child (in its own session, so it gets each once)."""
     def forward(signum, frame):
-        with contextlib.suppress(ProcessLookupError):
-            child.send_signal(signum)
+        handler = previous.get(signum)
+        if callable(handler):  # the sweep's own handler: no further job starts (or, the second time, exit)
+            try:
+                handler(signum, frame)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(signum)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
 
+    previous: dict = {}
     try:
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous.update({s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)})
     except ValueError:  # not the main thread: signals cannot be caught here
         previous = {}
     try:

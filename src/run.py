@@ -1,16 +1,47 @@
 """Entry point: `python -m src.run [overrides]`, `-m` for a sweep.
 
-The work happens in `src.job.run_job(cfg)`; this file only hands Hydra's config over.
+Hydra's state is read here and nowhere else: the job's run dir, name and group go to the sweep's
+bookkeeping (src/sweep.py) and to the launcher (src/launch.py), which trains it here or in a
+process of its own (src/train.py: `train(cfg, run_dir) -> summary`).
 """
+import sys
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from .job import run_job
+from . import launch, sweep
+from .rundir.manifest import job_name
+
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf") if (Path(__file__).resolve().parent.parent / "conf").is_dir() \
+    else "pkg://" + f"{__package__}.conf"
+
+# conf/config.yaml names the sweep's Hydra callback through this, so it resolves under either package name
+OmegaConf.register_new_resolver("dropsweep_package", lambda: __package__, replace=True)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def main(cfg: DictConfig) -> dict:
-    return run_job(cfg)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    spec = launch.JobSpec(run_dir=run_dir, name=job_name(hc.overrides.task), multirun=multirun,
+                          group=launch.group_name(hc, run_dir), command=launch.child_command(hc, run_dir),
+                          cwd=hc.runtime.cwd)
+    if sweep.in_sweep(hc):
+        skipped = sweep.skip(cfg, hc.sweep.dir, run_dir, spec.name)
+        if skipped is not None:
+            return skipped
+        sweep.job_started(hc.sweep.dir, hc.job.num, run_dir, spec.name)
+    summary = launch.run(cfg, spec)
+    if sweep.in_sweep(hc) and summary.get("status") == "stopped" and launch.slurm_requeued():
+        sweep.record_requeue(hc.sweep.dir, hc.job.num, summary.get("stop_reason"))
+        raise SystemExit(f"dropsweep: job {hc.job.num} stopped and requeued by SLURM")
+    if summary["status"] == "failed" and not multirun:
+        sys.exit(1)
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Training: the HF Trainer with LoRA, metrics streamed to the loggers step by step."""
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Callable
 
@@ -14,9 +13,10 @@ from transformers.trainer_callback import PrinterCallback
 class MetricsStream(TrainerCallback):
     """Turns each Trainer log into one metrics row (DESIGN.md contract) and hands it on."""
 
-    def __init__(self, sink: Callable[[dict], None], print_every: int = 10):
+    def __init__(self, sink: Callable[[dict], None], print_every: int = 10, synchronize: bool = False):
         self.sink = sink
         self.print_every = print_every
+        self.synchronize = synchronize  # train.profile: wait for the GPU at each step end, so step_time_s is its time
         self._step_started = self._step_ended = None
         self.step_time_s = None
         self.step_period_s = None  # end to end: the step plus the previous step's logging, callbacks, next batch
@@ -27,7 +27,7 @@ class MetricsStream(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._step_started is not None:
-            if args.device.type == "cuda":  # the GPU's time for the step, not the time to queue its kernels
+            if self.synchronize and args.device.type == "cuda":  # else: the time to queue the step's kernels
                 torch.cuda.synchronize()
             now = time.perf_counter()
             self.step_time_s = now - self._step_started
@@ -53,46 +53,18 @@ class MetricsStream(TrainerCallback):
                             if k in ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm")), flush=True)
 
 
-class OwnTime:
-    """Wall time spent in dropsweep's own callbacks during training: the metrics stream with its sinks
-    (metrics.jsonl, the hand-off to W&B's sending thread) and the live detector, by part and by step.
-    It is what dropsweep adds to each step of a plain HF Trainer run, measured directly rather than
-    inferred from noisy step-time ratios. The stream's on_step_begin/on_step_end are left out: they
-    only read the clock, after the step's own GPU sync."""
+def quiet_libraries() -> None:
+    """Progress bars and deprecation chatter of the libraries would bury the job's own lines."""
+    import warnings
 
-    def __init__(self, warmup: int = 10):
-        self.parts: dict[str, float] = {}
-        self.by_step: dict[int, float] = {}
-        self.warmup = warmup  # steps left out of the steady-state median (first calls, imports, W&B set-up),
-        # unless the run is no longer than that
+    import datasets
+    from transformers.utils import logging as hf_logging
 
-    def wrap(self, callback: TrainerCallback, part: str, skip: tuple[str, ...] = ()) -> TrainerCallback:
-        self.parts.setdefault(part, 0.0)
-        for name in dir(TrainerCallback):
-            overridden = getattr(type(callback), name, None) is not getattr(TrainerCallback, name)
-            if name.startswith("on_") and name not in skip and overridden:
-                setattr(callback, name, self._timed(getattr(callback, name), part))
-        return callback
-
-    def _timed(self, method, part: str):
-        def timed(args, state, control, **kwargs):
-            started = time.perf_counter()
-            try:
-                return method(args, state, control, **kwargs)
-            finally:
-                spent = time.perf_counter() - started
-                self.parts[part] += spent
-                self.by_step[state.global_step] = self.by_step.get(state.global_step, 0.0) + spent
-        return timed
-
-    def summary(self, steps: int, runtime_s: float | None) -> dict:
-        total = sum(self.parts.values())
-        steady = [v for step, v in self.by_step.items() if step > self.warmup] or list(self.by_step.values())
-        return {"own_time_s": round(total, 4),
-                "own_ms_per_step": round(1000 * statistics.median(steady), 4) if steady else None,
-                "own_ms_per_step_mean": round(1000 * total / steps, 4) if steps else None,
-                "own_ms_by_part": {k: round(1000 * v / steps, 4) for k, v in self.parts.items()} if steps else None,
-                "own_time_fraction": total / runtime_s if runtime_s else None}
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
 
 
 def _float(value):

@@ -1,27 +1,14 @@
 """The report's header: which code, on what hardware, with which library versions, how long."""
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from ..rundir.files import git_state
+
 LIBRARIES = ("python", "torch", "transformers", "peft", "bitsandbytes")
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def git_state(directory: Path = PROJECT) -> tuple[str, bool] | None:
-    """(short commit, dirty) of the checkout, or None outside git."""
-    try:
-        commit = subprocess.run(["git", "-C", str(directory), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if commit.returncode != 0:
-        return None
-    return commit.stdout.strip(), bool(status.stdout.strip())
 
 
 def code_line(runs: list) -> str:
@@ -38,8 +25,7 @@ def code_line(runs: list) -> str:
     state = git_state()
     if state is None:
         return "unknown (the runs did not record a commit and this is not a git checkout)"
-    commit, dirty = state
-    return f"{commit}{' (dirty)' if dirty else ''}, the checkout at report time (the runs did not record a commit)"
+    return f"{state['short']}{' (dirty)' if state['dirty'] else ''}, the checkout at report time (the runs did not record a commit)"
 
 
 def devices(runs: list) -> list[tuple[str, int]]:

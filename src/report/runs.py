@@ -17,6 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from ..rundir.files import read_json
+from ..rundir.manifest import MANIFEST, job_overrides, process_alive
+from ..rundir.manifest import latest_sweep as latest_sweep_in
+from ..rundir.manifest import read_manifest as read_manifest_file
 from .environment import duration
 
 SUMMARY_FACTORS = ("model", "data", "quant", "double_quant", "compute_dtype", "lora_r", "lora_alpha", "lora_targets",
@@ -226,13 +230,7 @@ def split_overrides(text: str) -> dict:
 
 
 def parse_overrides(items) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if sep and key and not key.startswith("hydra.") and key not in ("experiment", "debug"):
-            out[key] = value
-    return out
+    return job_overrides(items)
 
 
 def trainer_state_status(path: Path) -> tuple[str, str | None]:
@@ -279,13 +277,6 @@ def foreign_factors(directory: Path, log: Path) -> dict:
     return factors
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (ValueError, OSError):
-        return None
-
-
 def read_yaml(path: Path) -> dict:
     try:
         data = yaml.load(path.read_text(), Loader=YAML_LOADER) if path.is_file() else None
@@ -303,10 +294,7 @@ def one_line(error: Exception) -> str:
 
 
 def read_manifest(path: Path) -> dict | None:
-    data = read_json(path / "manifest.json") if path.is_dir() else None
-    if isinstance(data, list):
-        data = {"jobs": data}
-    return data if isinstance(data, dict) else None
+    return read_manifest_file(path) if (path / MANIFEST).is_file() else None
 
 
 def manifest_jobs(manifest: dict | None) -> list[dict]:
@@ -358,7 +346,7 @@ def mark_incomplete(runs: list) -> None:
         pid = run.summary.get("pid") or (run.summary.get("manifest") or {}).get("pid")
         host = run.summary.get("host") or (run.summary.get("manifest") or {}).get("host")
         here = host in (None, socket.gethostname())
-        alive = here and pid is not None and Path(f"/proc/{pid}").exists()
+        alive = bool(process_alive(host, pid))
         if not alive and run.log is not None:
             alive = str(run.log.resolve()) in open_files
         if alive or (not here):
@@ -388,8 +376,5 @@ def files_open_by_processes() -> set[str]:
 
 
 def latest_sweep(experiments: Path) -> Path | None:
-    """The newest sweep under experiments/sweeps/ (by the time its files were last written)."""
-    sweeps = [p for p in (experiments / "sweeps").glob("*") if p.is_dir()] if (experiments / "sweeps").is_dir() else []
-    if not sweeps:
-        return None
-    return max(sweeps, key=lambda p: (p / "multirun.yaml").stat().st_mtime if (p / "multirun.yaml").exists() else p.stat().st_mtime)
+    """The newest sweep under experiments/sweeps/ (the same rule as `make resume` and `make sweep-status`)."""
+    return latest_sweep_in(experiments / "sweeps")

@@ -60,6 +60,9 @@ def update_job(sweep_dir, num, **fields) -> dict:
 
 
 def relative_run_dir(sweep_dir, run_dir) -> str:
+    """The run dir as the manifest stores it: relative to the sweep dir (a relative path already is)."""
+    if not Path(run_dir).is_absolute():
+        return str(run_dir)
     run_dir, sweep_dir = Path(run_dir).resolve(), Path(sweep_dir).resolve()
     return str(run_dir.relative_to(sweep_dir)) if run_dir.is_relative_to(sweep_dir) else str(run_dir)
 
@@ -137,3 +140,23 @@ def release(handle) -> None:
         handle.truncate()
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+NOT_FACTORS = ("hydra", "experiment", "debug", "sweep")  # overrides that do not name a job
+
+
+def job_overrides(items) -> dict[str, str]:
+    """{key: value} of the overrides that make a job what it is (`quant=nf4`, `lora.r=16`); Hydra's own
+    settings, presets (experiment=, debug=) and sweep bookkeeping (sweep.*) are left out."""
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.lstrip("+~")
+        if sep and key and key.split(".")[0].split("/")[0] not in NOT_FACTORS:
+            out[key] = value
+    return out
+
+
+def job_name(items) -> str:
+    """The name a job goes by (W&B run name, summary.json's `overrides`): 'quant=nf4,lora.r=16'."""
+    return ",".join(f"{k}={v}" for k, v in job_overrides(items).items()) or "defaults"
