@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src.bench.synthetic import smollm2_staircase
+from src.detect.synthetic import smollm2_staircase
 from src.detect.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]

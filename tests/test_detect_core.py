@@ -1,4 +1,4 @@
-"""The loss-anomaly detector on curves with known answers (src/detect, src/bench/synthetic)."""
+"""The loss-anomaly detector on curves with known answers (src/detect, src.detect.synthetic)."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from src.bench.synthetic import FAMILIES, make_case, smollm2_staircase
+from src.detect.synthetic import FAMILIES, make_case, smollm2_staircase
 from src.detect import Curve, Event, Settings, StreamingDetector, detect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +139,8 @@ def test_unknown_setting_is_one_clear_sentence():
 
 @pytest.mark.parametrize(
     "loss",
-    [[], [1.0], [2.0] * 3, [np.nan] * 50, [-1.0, -2.0, 1.0] * 20, ["abc", None, "nan", "inf"] * 10],
-    ids=["empty", "one-point", "three-constant", "all-nan", "negative", "strings-and-none"],
+    [[], [1.0], [2.0] * 3, [np.nan] * 50, [-1.0, -2.0, 1.0] * 20, [np.nan, -np.inf, 0.0, np.inf] * 10],
+    ids=["empty", "one-point", "three-constant", "all-nan", "negative", "nonfinite-and-zero"],
 )
 def test_bad_series_do_not_crash(loss):
     curve = Curve.from_records([{"step": i, "loss": v} for i, v in enumerate(loss)]) if loss else Curve(step=[], loss=[])

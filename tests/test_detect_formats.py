@@ -20,7 +20,7 @@ def test_metrics_jsonl_with_nonfinite_tokens_strings_and_a_truncated_last_line(t
         '{"step": 2, "loss": NaN}',
         '{"step": 3, "loss": Infinity}',
         '{"step": 4, "loss": "nan"}',
-        '{"step": 5, "loss": null}',
+        '{"step": 5, "loss": "-inf"}',
         '{"step": 5, "eval_loss": 2.7}',
         '{"step": 6, "loss": 2.1, "tokens": 4096, "step_time_s": 0.8}',
         '{"step": 7, "lo',
@@ -28,7 +28,7 @@ def test_metrics_jsonl_with_nonfinite_tokens_strings_and_a_truncated_last_line(t
     curve = load_curve(write(tmp_path / "metrics.jsonl", "\n".join(rows)))
     assert curve.source == "metrics.jsonl"
     assert curve.step.tolist() == [1, 2, 3, 4, 5, 6]
-    assert np.isnan(curve.loss[[1, 3, 4]]).all() and curve.loss[2] == np.inf
+    assert np.isnan(curve.loss[[1, 3]]).all() and curve.loss[2] == np.inf and curve.loss[4] == -np.inf
     assert curve.epoch[0] == 0.1 and curve.lr[0] == 1e-4 and curve.grad_norm[0] == 1.5 and np.isnan(curve.lr[1])
     assert curve.eval_step.tolist() == [5] and curve.eval_loss.tolist() == [2.7]
     assert curve.tokens[5] == 4096 and curve.step_time_s[5] == 0.8

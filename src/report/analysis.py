@@ -1,9 +1,8 @@
 """Each run's full loss curve through the offline detector, in parallel over the runs.
 
-metrics.jsonl is read by a fast path (msgspec decodes a whole file of JSON lines in one
-call, about ten times faster than a json.loads per line); anything else, or any file the
-fast path does not fully understand, goes through the detector's own reader
-(`src.detect.load_curve`), which knows every supported format.
+Logs are read by the detector's own reader (`src.detect.load_curve`), which knows every
+supported format and reads a metrics.jsonl with the run directory's fast column reader
+(src/rundir/metrics.py).
 """
 from __future__ import annotations
 
@@ -15,39 +14,20 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
-from typing import Optional, Union
 
-import msgspec
 import numpy as np
 
 from ..detect import Curve, LogFormatError, Settings, detect, load_curve
 
 PREVIEW_POINTS = 400  # points kept per curve for the plots
 PARALLEL_FROM = 16  # fewer runs than this are analysed in this process
-TRUNCATED_NOTE = "ignored a truncated last line (the run was probably killed)"
-
-Number = Union[float, str, None]
-NAN = math.nan
-
-
-FIELDS = ("step", "loss", "epoch", "lr", "grad_norm", "tokens", "step_time_s", "eval_loss")
-# The common row: every value a number, a key the row lacks reads nan. Any row: a non-finite
-# number is written as a string ("nan", "inf"), a missing key reads None. Other keys are ignored.
-_Finite = msgspec.defstruct("_Finite", [(name, float, NAN) for name in FIELDS], gc=False)
-_Row = msgspec.defstruct("_Row", [(name, Optional[float] if name == "step" else Number, None) for name in FIELDS], gc=False)
-_FINITE, _ANY = msgspec.json.Decoder(_Finite), msgspec.json.Decoder(_Row)
 
 
 def read_curve(path, column: str | None = None) -> Curve:
-    """The curve of a loss log, by the fast path when it applies (same result as load_curve);
-    `column` picks one run of a W&B chart export that holds several."""
+    """The curve of a loss log; `column` picks one run of a W&B chart export that holds several."""
     path = os.fspath(path)
     if column is not None:
         return chart_column(path, column)
-    if path.endswith(".jsonl"):
-        curve = _fast_metrics(path)
-        if curve is not None:
-            return curve
     return load_curve(path)
 
 
@@ -62,95 +42,7 @@ def chart_column(path: str, run: str) -> Curve:
             raise LogFormatError(f"{path} has no '{run} - train/loss' column")
         records = [{"step": cells[step] if step is not None else i, "loss": cells[loss]}
                    for i, cells in enumerate(reader) if loss < len(cells) and cells[loss].strip()]
-    return Curve.from_records(records, source="W&B CSV export")
-
-
-def _decode(raw: bytes):
-    """(rows, all numbers finite, notes), trying the cheaper row type first; rows is None when
-    the file is not JSON lines that msgspec can read."""
-    notes = []
-    for attempt in ("whole", "cut"):
-        if attempt == "cut":  # a killed run leaves half a last line
-            raw = raw[: raw.rfind(b"\n", 0, len(raw.rstrip())) + 1]
-            notes = [TRUNCATED_NOTE]
-        for decoder in (_FINITE, _ANY):
-            try:
-                return decoder.decode_lines(raw), decoder is _FINITE, notes
-            except msgspec.ValidationError:  # a value the cheaper type does not take
-                continue
-            except msgspec.DecodeError:  # not JSON (there)
-                break
-    return None, False, notes
-
-
-def _fast_metrics(path: str) -> Curve | None:
-    """A dropsweep metrics.jsonl as a Curve, or None to leave it to load_curve."""
-    with open(path, "rb") as f:
-        rows, finite, notes = _decode(f.read())
-    if not rows:
-        return None
-    # One comprehension per field with plain attribute access: the fastest way out of Python here.
-    steps, losses, evals = [r.step for r in rows], [r.loss for r in rows], [r.eval_loss for r in rows]
-    columns = {"epoch": [r.epoch for r in rows], "lr": [r.lr for r in rows], "grad_norm": [r.grad_norm for r in rows],
-               "tokens": [r.tokens for r in rows], "step_time_s": [r.step_time_s for r in rows]}
-    if finite:
-        step, loss, eval_loss = np.array(steps), np.array(losses), np.array(evals)
-        aligned = {name: np.array(values) for name, values in columns.items()}
-        is_train, is_eval = ~np.isnan(loss), ~np.isnan(eval_loss)
-    else:
-        try:
-            step, loss, eval_loss = _column(steps), _column(losses), _column(evals)  # "nan" -> nan
-            aligned = {name: _column(values) for name, values in columns.items()}
-        except (TypeError, ValueError):  # a value that is not a number or one of the non-finite strings
-            return None
-        is_train = _present(losses)
-        is_eval = _present(evals, among=np.flatnonzero(~is_train))
-    if not np.isfinite(step).all() or np.any(step != np.round(step)) or not is_train.any():
-        return None
-    train_steps = step[is_train].astype(np.int64)
-    keep = _last_of_each(train_steps)
-    went_back = np.flatnonzero(np.diff(train_steps) <= 0) + 1
-    eval_steps = step[is_eval].astype(np.int64)
-    eval_keep = _last_of_each(eval_steps)
-    return Curve(step=train_steps[keep], loss=loss[is_train][keep],
-                 **{name: values[is_train][keep] for name, values in aligned.items()},
-                 eval_step=eval_steps[eval_keep], eval_loss=eval_loss[is_eval][eval_keep],
-                 restarts=np.unique(train_steps[went_back]), source="metrics.jsonl", notes=notes)
-
-
-def _column(values: list) -> np.ndarray:
-    """Logged values as floats, None (not logged in that row) as nan."""
-    if values.count(None) == len(values):  # numpy converts a list of None slowly
-        return np.full(len(values), np.nan)
-    return np.array(values, dtype=np.float64)
-
-
-def _present(values: list, among: np.ndarray | None = None) -> np.ndarray:
-    """Which rows logged this field (value not None). Few missing values are found by
-    list.index; few present ones are looked for `among` the likely rows first."""
-    n, missing = len(values), values.count(None)
-    mask = np.zeros(n, bool)
-    if missing == n:
-        return mask
-    if among is not None and n - missing <= len(among):
-        mask[among] = [values[i] is not None for i in among.tolist()]
-        if mask.sum() == n - missing:
-            return mask
-    if missing * 16 > n:
-        return np.fromiter((v is not None for v in values), bool, n)
-    mask[:] = True
-    at = -1
-    for _ in range(missing):
-        at = values.index(None, at + 1)
-        mask[at] = False
-    return mask
-
-
-def _last_of_each(steps: np.ndarray) -> np.ndarray:
-    """Indices sorting `steps`, the last-written row of each step winning (a resumed run)."""
-    order = np.argsort(steps, kind="stable")
-    ordered = steps[order]
-    return order[np.append(ordered[1:] != ordered[:-1], True)] if len(order) else order
+    return Curve.from_records(records, source="W&B CSV export", text=True)
 
 
 @dataclass

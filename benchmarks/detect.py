@@ -1,10 +1,10 @@
 """Benchmark of the loss-anomaly detector against ruptures PELT and river PageHinkley.
 
-    python -m src.bench.detect              # the full run (about a minute on 2 CPU cores)
-    python -m src.bench.detect --quick      # a smaller suite, for a first look
-    python -m src.bench.detect --set min_score=4.5    # with other detector settings
+    python -m benchmarks.detect              # the full run (about a minute on 2 CPU cores)
+    python -m benchmarks.detect --quick      # a smaller suite, for a first look
+    python -m benchmarks.detect --set min_score=4.5    # with other detector settings
 
-Every method sees the same synthetic curves (src/bench/synthetic.py). A detection matches a
+Every method sees the same synthetic curves (src/detect/synthetic.py). A detection matches a
 true event of its kind within MATCH_POINTS logged points. Drops are scored as drops only:
 reporting a true drop as a small drop is a miss, a small step reported as a drop a false
 alarm. The baselines only find change points, so they are scored on drops, and get their best
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.bench.synthetic import FAMILIES, Case, make_case, smollm2_staircase
+from src.detect.synthetic import FAMILIES, Case, make_case, smollm2_staircase
 from src.detect import Settings, StreamingDetector, detect
 from src.detect.formats import Curve
 

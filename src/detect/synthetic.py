@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src.detect.formats import Curve
+from .formats import Curve
 
 FAMILIES = ("clean", "staircase", "zero_collapse", "nan_window", "spikes", "sawtooth", "batch_change", "lr_step", "stall", "resume")
 FULL_DROP, SMALL_DROP = 0.17, 0.12  # true sizes: >= FULL_DROP must be a drop, <= SMALL_DROP must not
