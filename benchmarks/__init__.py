@@ -1,0 +1,1 @@
+"""Benchmarks of dropsweep: `python -m benchmarks.<name>` (the Makefile's bench-* targets)."""
