@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import wandb_report
+from . import bisection, wandb_report
 from .analysis import analyse_all, detector_settings
 from .attribution import Attribution, attribute
 from .render import html_page, markdown
@@ -86,7 +86,8 @@ def make_report(path, jobs: int | None = None, plots: bool = True, progress=None
 
         report.pictures = pictures(sweep.runs, attribution.ranked_factors(), jobs)
         timings["plot"] = time.perf_counter() - started - sum(timings.values())
-    report.wandb_lines, report.wandb_command = wandb_report.status(sweep, wandb, attribution, text)
+    bisection.attach(report)  # a bisection's sweep dir: its answer leads, its side-by-side curves join
+    report.wandb_lines, report.wandb_command = wandb_report.status(sweep, wandb, attribution, report.verdict)
     report.timings = timings
     report.seconds = time.perf_counter() - started
     return report

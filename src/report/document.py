@@ -8,7 +8,7 @@ import math
 from collections import Counter
 
 from ..detect import Settings
-from . import environment
+from . import bisection, environment
 from .attribution import OUTCOMES
 from .render import Bullets, Code, Heading, Image, Table, Text
 from .verdict import separation_sentence
@@ -25,6 +25,7 @@ def blocks(report) -> list:
                 f" · made {report.made_at:%Y-%m-%d %H:%M} in {report.seconds:.1f} s")]
     out += environment_section(report)
     out += [Heading(2, "Verdict"), Text(report.verdict, callout=True)]
+    out += bisection.blocks(report)
     out += runs_section(report)
     out += attribution_section(report)
     out += curves_section(report)
