@@ -1,0 +1,127 @@
+"""Outcomes across factor levels: intervals, the bootstrap test and large effects, on synthetic
+summaries whose spread is known, and on the committed bitsandbytes case."""
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from src.report.outcomes import (OUTCOMES, Level, differing_keys, factor_outcome, large_effects, outcome_table,
+                                 pair_sentence)
+from src.report.attribution import find_factors
+from src.report.runs import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL = next(o for o in OUTCOMES if o.key == "final_eval_loss")
+
+
+def make_runs(values_by_level: dict, key: str = "final_eval_loss", factor: str = "quant") -> list:
+    runs = []
+    for level, values in values_by_level.items():
+        for seed, value in enumerate(values):
+            name = f"{level}-{seed}"
+            summary = {"status": "completed", key: value} if key != "damage" else {"status": "completed",
+                                                                                    "damage": {"kl": value}}
+            runs.append(Run(name=name, path=Path(name), log=None, status="completed", summary=summary,
+                            factors={factor: level, "train.seed": str(seed)}))
+    return runs
+
+
+def only_row(runs, outcome_key="final_eval_loss"):
+    [row] = [r for r in outcome_table(runs) if r.outcome.key == outcome_key]
+    return row
+
+
+def test_interval_of_a_level_matches_the_known_spread():
+    rng = np.random.default_rng(1)
+    level = Level("a", list(rng.normal(2.0, 0.1, 40)))
+    assert abs(level.mean - 2.0) < level.half_width
+    assert abs(level.half_width - 2.023 * 0.1 / np.sqrt(40)) < 0.3 * 0.032  # t(39) 97.5% = 2.023
+    assert Level("one", [1.0]).half_width is None
+
+
+def test_intervals_of_three_runs_cover_the_true_mean_95_percent_of_the_time():
+    rng = np.random.default_rng(2)
+    covered = 0
+    for _ in range(1000):
+        level = Level("a", list(rng.normal(5.0, 0.3, 3)))
+        covered += abs(level.mean - 5.0) <= level.half_width
+    assert 0.93 <= covered / 1000 <= 0.97
+
+
+def test_pairs_from_the_same_distribution_are_rarely_called_different():
+    rng = np.random.default_rng(3)
+    false_alarms = 0
+    trials = 150
+    for _ in range(trials):
+        runs = make_runs({"nf4": list(rng.normal(1.2, 0.01, 3)), "nf4_dq": list(rng.normal(1.2, 0.01, 3))})
+        false_alarms += only_row(runs).pairs[0].resolved
+    assert false_alarms / trials <= 0.12  # nominal 0.05; a handful of runs makes any test a little loose
+
+
+def test_a_difference_of_many_spreads_is_resolved_and_named_large():
+    rng = np.random.default_rng(4)
+    runs = make_runs({"int8": list(rng.normal(1.0, 0.01, 3)), "nf4": list(rng.normal(1.3, 0.01, 3))})
+    row = only_row(runs)
+    assert row.pairs[0].resolved and row.pairs[0].p < 0.01
+    [effect] = large_effects([row])
+    assert (effect.factor, effect.low.level, effect.high.level, effect.replicated) == ("quant", "int8", "nf4", True)
+
+
+def test_a_small_precise_difference_is_resolved_but_not_large():
+    runs = make_runs({"a": [1.000, 1.001, 0.999], "b": [1.020, 1.021, 1.019]})
+    row = only_row(runs)
+    assert row.pairs[0].resolved
+    assert large_effects([row]) == []  # 2% apart: beyond the spread, but not a large effect
+
+
+def test_seed_is_a_replicate_not_a_factor():
+    runs = make_runs({"a": [1.0, 1.1, 1.2], "b": [1.0, 1.1, 1.2]})
+    assert {r.factor for r in outcome_table(runs)} == {"quant"}
+
+
+def test_same_level_runs_that_agree_exactly_resolve_any_real_difference():
+    runs = make_runs({"none": [0.0, 0.0, 0.0], "int8": [0.068] * 3, "nf4": [0.559] * 3}, key="damage")
+    row = only_row(runs, "damage_kl")
+    by_pair = {(p.a.level, p.b.level): p for p in row.pairs}
+    assert all(p.resolved for p in by_pair.values())
+    assert "same-level runs agree exactly" in pair_sentence(row, by_pair[("int8", "nf4")])
+    same = only_row(make_runs({"nf4": [0.5] * 3, "nf4_dq": [0.5] * 3}, key="damage"), "damage_kl")
+    assert not same.pairs[0].resolved
+
+
+def test_one_run_per_level_names_only_a_large_ratio_as_unreplicated():
+    row = only_row(make_runs({"0.48.2": [1.53], "0.50.2": [2.98]}, factor="bnb_version"))
+    assert row.pairs[0].p is None
+    [effect] = large_effects([row])
+    assert not effect.replicated and round(effect.ratio, 2) == 1.95
+    assert large_effects([only_row(make_runs({"0.48.2": [1.53], "0.50.2": [1.60]}, factor="bnb_version"))]) == []
+
+
+def test_the_pair_sentence_reads_as_plain_words():
+    runs = make_runs({"nf4": [1.2340, 1.2360, 1.2380], "nf4_dq": [1.2290, 1.2310, 1.2330]})
+    row = only_row(runs)
+    sentence = pair_sentence(row, row.pairs[0])
+    assert sentence.startswith("nf4 vs nf4_dq: eval loss 1.2360 ± 0.0050 vs 1.2310 ± 0.0050 (3 runs each): ")
+    # 5 spreads apart with 4 degrees of freedom: the bootstrap resolves it
+    assert "nf4 higher by 0.0050" in sentence
+
+
+def test_differing_keys_come_from_the_composed_configs(tmp_path):
+    runs = []
+    for i, (quant, seed) in enumerate([("nf4", 1), ("nf4", 2), ("int8", 1)]):
+        run_dir = tmp_path / str(i)
+        (run_dir / ".hydra").mkdir(parents=True)
+        config = {"quant": {"name": quant, "bits": 4 if quant == "nf4" else 8}, "train": {"seed": seed, "lr": 0.003},
+                  "cache_dir": f"/tmp/{i}"}
+        (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        runs.append(Run(name=str(i), path=run_dir, log=None, status="completed"))
+    keys, values = differing_keys(runs)
+    assert keys == ["quant.name", "quant.bits", "train.seed"]
+    assert values["2"] == {"quant.name": "int8", "quant.bits": "8", "train.seed": "1"}
+
+
+def test_factor_outcome_skips_failed_runs():
+    runs = make_runs({"a": [1.0, 1.1], "b": [2.0, 2.1]})
+    runs[0].status = "failed"
+    row = factor_outcome(runs, find_factors(runs)[0], EVAL)
+    assert [lv.n for lv in row.levels] == [1, 2]
