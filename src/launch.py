@@ -20,7 +20,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import torch
 from filelock import FileLock, Timeout
@@ -34,6 +36,10 @@ from .train import archive_attempt, initial_summary, train
 from .versions import resolve_device
 
 GROUP_ENV = "DROPSWEEP_GROUP"  # the W&B group (the sweep's name) handed to the child
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def group_name(hydra_cfg, run_dir: Path) -> str:
@@ -52,6 +58,8 @@ class JobSpec:
     multirun: bool
     command: list[str] = field(default_factory=list)  # how to re-execute it: python -m <package>.run ...
     cwd: str = "."
+    # told where the job runs (its process, its GPU) as soon as that is known: the sweep records it
+    notify: Callable[..., None] = field(default=lambda **fields: None)
 
 
 def run(cfg, spec: JobSpec) -> dict:
@@ -72,6 +80,8 @@ def run(cfg, spec: JobSpec) -> dict:
         return _not_started(cfg, spec, device, str(exc))
     archive_attempt(spec.run_dir)
     with _gpu_slot(cfg, device, spec.multirun) as gpu:
+        if gpu is not None:
+            spec.notify(gpu=gpu, gpu_since=now())
         return _run_child(cfg, spec, python, gpu) | ({"gpu": gpu} if gpu is not None else {})
 
 
@@ -119,6 +129,7 @@ def _run_child(cfg, spec: JobSpec, python: str, gpu) -> dict:
     if interrupted():
         return _not_started(cfg, spec, resolve_device(cfg.device), f"not started: the sweep was interrupted by {interrupted().name}", status="skipped")
     child = subprocess.Popen(command, cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    spec.notify(pid=child.pid, python=python, process=" and ".join(child_reasons(cfg, resolve_device(cfg.device), spec.multirun)))
     with _forward_signals(child):
         returncode = child.wait()
     summary = read_summary(spec.run_dir)

@@ -15,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import launch, sweep
 from .rundir.manifest import job_name
 
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf") if (Path(__file__).resolve().parent.parent / "conf").is_dir() \
-    else "pkg://" + f"{__package__}.conf"
+CHECKOUT_CONF = Path(__file__).resolve().parent.parent / "conf"
+# From a checkout (or an editable install) the configs beside src/; installed, the ones packed inside it.
+CONFIG_PATH = str(CHECKOUT_CONF) if (CHECKOUT_CONF / "config.yaml").is_file() else f"pkg://{__package__}.conf"
 
 # conf/config.yaml names the sweep's Hydra callback through this, so it resolves under either package name
 OmegaConf.register_new_resolver("dropsweep_package", lambda: __package__, replace=True)
@@ -35,6 +36,7 @@ def main(cfg: DictConfig) -> dict:
         if skipped is not None:
             return skipped
         sweep.job_started(hc.sweep.dir, hc.job.num, run_dir, spec.name)
+        spec.notify = sweep.recorder(hc.sweep.dir, hc.job.num)
     summary = launch.run(cfg, spec)
     if sweep.in_sweep(hc) and summary.get("status") == "stopped" and launch.slurm_requeued():
         sweep.record_requeue(hc.sweep.dir, hc.job.num, summary.get("stop_reason"))

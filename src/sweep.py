@@ -64,6 +64,13 @@ def job_started(sweep_dir, num, run_dir: Path, name: str, **fields) -> None:
     mf.update(sweep_dir, change)
 
 
+def recorder(sweep_dir, num):
+    """`record(**fields)`: what the launcher learns about a job while it runs (its process, its GPU)."""
+    def record(**fields) -> None:
+        mf.update_job(sweep_dir, num, **fields)
+    return record
+
+
 def skip(cfg: DictConfig, sweep_dir, run_dir: Path, name: str) -> dict | None:
     """The result of a job that is not run: completed before (resume), after a failure (fail_fast), or
     after the sweep was interrupted."""

@@ -192,6 +192,7 @@ class _Job:
     def _fine_tune(self) -> None:
         import torch
         import transformers
+        from hydra.utils import instantiate
 
         from .data import build_datasets
         from .detect.callback import LossAnomalyCallback
@@ -212,6 +213,10 @@ class _Job:
         stream = MetricsStream(self.loggers.log, synchronize=bool(cfg.train.get("profile", False)))
         detector = LossAnomalyCallback(**OmegaConf.to_container(cfg.detector, resolve=True))
         detector.on_event = lambda event: self._on_event(event, detector.action(event))
+        self.callbacks += [instantiate(c) for c in cfg.train.get("callbacks") or []]
+        for hook in (c for c in self.callbacks if hasattr(c, "watch")):  # a benchmark's timing hook
+            hook.watch(stream, "metrics_disk_wandb")
+            hook.watch(detector, "detector")
         result = train_model(cfg, model, tokenizer, train_set, eval_set, self.device,
                              str(self.run_dir / "trainer"), [stream, detector, *self.callbacks])
         self.summary["train_peak_mem_gb"] = round(peak_memory_gb(self.device), 3)  # before generation's copies

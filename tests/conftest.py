@@ -31,6 +31,23 @@ def compose_config(overrides=()):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
 
 
+TINY = ["debug=default", "train.generation.max_new_tokens=0", "threads=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """The tiny GPT-NeoX checkpoint, built once under the cache dir (seconds)."""
+    from src.models import checkpoint_path
+
+    return checkpoint_path(compose_config(TINY))
+
+
+@pytest.fixture
+def tiny_cfg(tiny_checkpoint, tmp_path):
+    """The real config, composed and shrunk to the tiny model on CPU (debug=default), for in-process train()."""
+    return compose_config(TINY)
+
+
 def run_cli(args, cwd=ROOT, env=None, timeout=600, module="src.run"):
     """`python -m src.run ARGS` as a user types it; returns the CompletedProcess."""
     full_env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}

@@ -13,7 +13,7 @@ from conftest import run_cli
 def test_lockstep_runs_take_turns_one_step_each(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     result = run_cli(["--tiny", "--lockstep", "--modes", "none", "--repeats", "1", "--out", str(out),
-                      "--work", str(work)], module="src.bench.gpu")
+                      "--work", str(work)], module="benchmarks.gpu")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
     turns = {side: json.loads((work / "runs/none" / f"{side}-r0.turns.json").read_text())

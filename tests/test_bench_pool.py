@@ -1,4 +1,4 @@
-"""`python -m src.bench.pool`: the pooled dropsweep/bare ratio that the GPU results quote."""
+"""`python -m benchmarks.pool`: the pooled dropsweep/bare ratio that the GPU results quote."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ from conftest import run_cli
 
 
 def results_file(path, ratios, aa=False, mode="nf4"):
-    """A results.json as src.bench.gpu writes it: per-repeat ratios and each run's step times."""
+    """A results.json as benchmarks.gpu writes it: per-repeat ratios and each run's step times."""
     steps = {"dropsweep": [[0.1 * r] * 30 for r in ratios], "bare": [[0.1] * 30 for _ in ratios]}
     row = {"mode": mode, "repeats": [{"ratio_step": r, "ratio_period": r} for r in ratios],
            **{side: {"step_times": runs} for side, runs in steps.items()}}
@@ -20,7 +20,7 @@ def test_pool_gives_the_geometric_mean_over_files_and_keeps_the_aa_control_apart
     a = results_file(tmp_path / "a.json", [1.10, 0.90])
     b = results_file(tmp_path / "b.json", [1.02], mode="int8")
     aa = results_file(tmp_path / "aa.json", [1.05], aa=True)
-    result = run_cli([str(a), str(b), str(aa)], module="src.bench.pool")
+    result = run_cli([str(a), str(b), str(aa)], module="benchmarks.pool")
     assert result.returncode == 0, result.stderr
     ours, control = result.stdout.split("A/A control")
     lines = {line.split("|")[1].strip(): line for line in ours.splitlines() if line.startswith("| ")}
@@ -32,6 +32,6 @@ def test_pool_gives_the_geometric_mean_over_files_and_keeps_the_aa_control_apart
 
 
 def test_pool_names_a_missing_file(tmp_path):
-    result = run_cli([str(tmp_path / "nope.json")], module="src.bench.pool")
+    result = run_cli([str(tmp_path / "nope.json")], module="benchmarks.pool")
     assert result.returncode != 0
-    assert "no such results file" in result.stderr and "src.bench.gpu --out" in result.stderr
+    assert "no such results file" in result.stderr and "benchmarks.gpu --out" in result.stderr

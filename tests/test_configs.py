@@ -1,6 +1,7 @@
 """Every shipped config option composes, and the presets say what they promise."""
 import pytest
 
+from src.checks import check_values
 from tests.conftest import CONF, compose_config
 
 GROUPS = ["model", "data", "quant", "lora", "train", "logger", "bnb", "detector"]
@@ -8,14 +9,14 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_every_option_composes(group, option):
-    cfg = compose_config([f"{group}={option}"])
-    assert cfg[group] is not None
+def test_every_option_passes_the_start_up_checks(group, option):
+    """Every shipped option composes and holds only values the start-up checks accept."""
+    check_values(compose_config([f"{group}={option}"]))
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-def test_every_experiment_preset_composes(preset):
-    assert compose_config([f"experiment={preset}"]).model.name
+def test_every_experiment_preset_passes_the_start_up_checks(preset):
+    check_values(compose_config([f"experiment={preset}"]))
 
 
 def test_quant_group_builds_the_bitsandbytes_config_it_names():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from src.bench.report import metrics_lines, summary_for, write_run_dir
+from benchmarks.report import metrics_lines, summary_for, write_run_dir
 from src.detect import Curve, load_curve
 from src.report import make_report, write_report
 from src.report.__main__ import main

@@ -45,3 +45,13 @@ def history(wandb_file: Path) -> list[dict]:
             rows.append({item.key or ".".join(item.nested_key): json.loads(item.value_json)
                          for item in record.history.item})
     return rows
+
+
+def run_record(wandb_file: Path):
+    """The offline run's RunRecord (group, name, tags, config as W&B got them)."""
+    for raw in _records(Path(wandb_file).read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    raise AssertionError(f"{wandb_file} holds no run record")

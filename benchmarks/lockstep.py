@@ -7,8 +7,8 @@ from one on_step_begin to the next (its step, the logging and callbacks after it
 synchronizes, and passes the turn on. Each of its steps is then timed alone on the GPU, and the two
 sides' steps alternate within the same seconds, so slow spells fall on both.
 
-    python -m src.bench.lockstep -m src.run quant=nf4 ...             # a module, as with python -m
-    python -m src.bench.lockstep src/bench/bare_trainer.py --quant nf4 ...   # or a script
+    python -m benchmarks.lockstep -m src.run quant=nf4 ...             # a module, as with python -m
+    python -m benchmarks.lockstep benchmarks/bare_trainer.py --quant nf4 ...   # or a script
 
 The launcher adds the turn-taking callback first in every transformers Trainer the program builds,
 so its step_begin wait falls before any step timer starts. $DROPSWEEP_LOCKSTEP names the referee's
@@ -195,7 +195,7 @@ def install(path: str, out: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv == ["-m"]:
-        raise SystemExit("usage: python -m src.bench.lockstep (-m MODULE | SCRIPT) [ARGS...]")
+        raise SystemExit("usage: python -m benchmarks.lockstep (-m MODULE | SCRIPT) [ARGS...]")
     if os.environ.get(ENV_SOCKET):
         install(os.environ[ENV_SOCKET], os.environ.get(ENV_OUT))
     if argv[0] == "-m":

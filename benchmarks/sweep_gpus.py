@@ -1,8 +1,8 @@
 """A 4-job sweep on several GPUs at once (joblib launcher, one job pinned per GPU) against the same
 sweep run one job after another: wall times, their ratio, and proof that no GPU ran two jobs at once.
 
-    python -m src.bench.sweep_gpus                 # on a machine with 2 or 4 GPUs (make bench-sweep-gpus)
-    python -m src.bench.sweep_gpus --dry           # the same mechanism on CPU: tiny model, 2 pretend GPUs
+    python -m benchmarks.sweep_gpus                 # on a machine with 2 or 4 GPUs (make bench-sweep-gpus)
+    python -m benchmarks.sweep_gpus --dry           # the same mechanism on CPU: tiny model, 2 pretend GPUs
 
 Targets: parallel/sequential <= 0.3 on 4 GPUs, <= 0.55 on 2.
 """
@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from src.sweep import read_manifest
+from src.rundir.manifest import read_manifest
 
 # polyglot-ko-1.3b's shape with random weights: built locally, so it needs no download on the GPU machine
 GPU_SWEEP = ["model=polyglot_ko_1_3b_random", "quant=nf4", "lora.r=8,16,32,64", "train.max_steps=300",
@@ -74,7 +74,7 @@ def most_jobs_on_one_gpu(jobs: list[dict]) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench.sweep_gpus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep_gpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry", action="store_true", help="CPU only: tiny model, 2 pretend GPUs")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: every visible one)")
     parser.add_argument("--out", type=Path, default=None, help="default: experiments/bench/sweep_gpus/<date_time>")

@@ -1,10 +1,10 @@
 """The bare baseline: HF Trainer + peft + bitsandbytes, nothing of dropsweep's (no detector, no
-metrics stream, no W&B). `python -m src.bench.gpu` runs it beside dropsweep with the same
+metrics stream, no W&B). `python -m benchmarks.gpu` runs it beside dropsweep with the same
 settings to show what dropsweep's own machinery costs per step.
 
 Standalone on purpose: it imports no dropsweep code, so that it is what a user would write.
 
-    python src/bench/bare_trainer.py --model CKPT_DIR --data rows.jsonl --quant nf4_dq \\
+    python benchmarks/bare_trainer.py --model CKPT_DIR --data rows.jsonl --quant nf4_dq \\
         --steps 40 --batch 8 --seq 512 --json bare.json
 
 Step time is measured as dropsweep measures it: from on_step_begin to on_step_end, with

@@ -2,15 +2,15 @@
 
 For a model of polyglot-ko-1.3b's architecture (random weights, model=polyglot_ko_1_3b_random) and
 each quant mode, it runs `python -m src.run` (W&B offline, detector on, metrics stream, fast
-generation path) and src/bench/bare_trainer.py with the same TrainingArguments, --repeats times
+generation path) and benchmarks/bare_trainer.py with the same TrainingArguments, --repeats times
 each, interleaved (dropsweep, bare / bare, dropsweep, ...) to cancel drift, and prints per mode:
 step time of each and their ratio, tokens/s, peak GPU memory, model FLOPs utilisation, whether the
 loss fell, and plain vs fast generation.
 
     make bench-gpu                                              # all six modes -> experiments/gpu/
-    python -m src.bench.gpu --steps 40 --batch 8 --seq 512 --modes none,nf4_dq --out /tmp/gpu
-    python -m src.bench.gpu --gpus 4 --ablate int8              # modes side by side, one GPU each
-    python -m src.bench.gpu --tiny --out /tmp/gpu-dry          # the whole pipeline on the CPU, a tiny shape
+    python -m benchmarks.gpu --steps 40 --batch 8 --seq 512 --modes none,nf4_dq --out /tmp/gpu
+    python -m benchmarks.gpu --gpus 4 --ablate int8              # modes side by side, one GPU each
+    python -m benchmarks.gpu --tiny --out /tmp/gpu-dry          # the whole pipeline on the CPU, a tiny shape
 
 Step time is on_step_begin -> on_step_end with torch.cuda.synchronize at the end, the median of
 the steps after --warmup; the period (end to end) adds logging, callbacks and the next batch, so
@@ -20,9 +20,9 @@ bare script's, run back to back on the same GPU), shown with their range. With -
 run side by side, each mode's repeats all on one GPU. --ablate MODES adds, for those modes, a third
 run per repeat with logger=disk (no W&B), to split dropsweep's cost into W&B and the rest.
 --lockstep runs each repeat's runs at once on the same GPU, taking turns one step each
-(src/bench/lockstep.py), so that run-to-run swings of the card fall on both sides. --aa puts a
+(benchmarks/lockstep.py), so that run-to-run swings of the card fall on both sides. --aa puts a
 second copy of the bare script in dropsweep's place: its ratios are the noise of the measurement.
-`python -m src.bench.pool FILES` pools the ratios of several results files.
+`python -m benchmarks.pool FILES` pools the ratios of several results files.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from src.bench import lockstep
+from benchmarks import lockstep
 from src.data import PROJECT_ROOT, format_example
 
 MODES = ["none", "nf4", "nf4_dq", "fp4", "fp4_dq", "int8"]
@@ -169,7 +169,9 @@ class Bench:
         return [*self.model_overrides, f"quant={mode}", f"quant.compute_dtype={a.dtype}", f"device={a.device}",
                 "data=facts", f"data.path={self.data}", "data.eval_size=0", f"train.max_steps={a.steps}",
                 f"train.batch_size={a.batch}", "logger=wandb", "logger.mode=offline",
-                f"train.generation.max_new_tokens={a.gen_tokens}", f"train.generation.fast={not a.no_fast}"]
+                f"train.generation.max_new_tokens={a.gen_tokens}", f"train.generation.fast={not a.no_fast}",
+                # the bare script syncs at each step end too; OwnTime times dropsweep's own callbacks
+                "train.profile=true", "train.callbacks=[{_target_:benchmarks.owntime.OwnTime}]"]
 
     def prepare(self) -> None:
         """The checkpoint (built once, as dropsweep builds it), the data file, and the settings both runs share."""
@@ -225,7 +227,7 @@ class Bench:
         result_path.parent.mkdir(parents=True, exist_ok=True)
         result_path.unlink(missing_ok=True)
         ok, error = run_logged(
-            [*self.launcher(env), str(PROJECT_ROOT / "src/bench/bare_trainer.py"), "--model", self.checkpoint,
+            [*self.launcher(env), str(PROJECT_ROOT / "benchmarks/bare_trainer.py"), "--model", self.checkpoint,
              "--data", str(self.data), "--quant", mode, "--compute-dtype", a.dtype, "--steps", str(a.steps),
              "--batch", str(a.batch), "--seq", str(a.seq), "--device", a.device, *self.bare_settings,
              "--json", str(result_path)],
@@ -237,7 +239,7 @@ class Bench:
 
     @staticmethod
     def launcher(env: dict) -> list[str]:
-        return [sys.executable, "-m", "src.bench.lockstep"] if env.get(lockstep.ENV_SOCKET) else [sys.executable]
+        return [sys.executable, "-m", "benchmarks.lockstep"] if env.get(lockstep.ENV_SOCKET) else [sys.executable]
 
     @staticmethod
     def held(env: dict) -> list[float] | None:
@@ -248,7 +250,7 @@ class Bench:
         return json.loads(Path(path).read_text())["held_s"] or None
 
     def in_lockstep(self, runners: list[tuple], mode: str, rep: int, env: dict) -> dict:
-        """All of a repeat's runs at once on one GPU, taking turns step by step (src/bench/lockstep.py)."""
+        """All of a repeat's runs at once on one GPU, taking turns step by step (benchmarks/lockstep.py)."""
         sock = str(self.work / f"lockstep-{os.getpid()}-{mode}-{rep}.sock")
         referee = lockstep.Referee(sock, expected=len(runners))
 
@@ -508,7 +510,7 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
             if meta.get("gpus_side_by_side", 1) > 1 else "")
     control = ("\n- A/A CONTROL: the dropsweep columns are a second copy of the bare script, so every ratio here is "
                "the measurement's own noise" if s.get("aa") else "")
-    pairing = ("at once on one GPU in lockstep, taking turns step by step (src/bench/lockstep.py); the period is "
+    pairing = ("at once on one GPU in lockstep, taking turns step by step (benchmarks/lockstep.py); the period is "
                "the time a step held the GPU" if s.get("lockstep") else "back to back (who goes first alternates)")
     text = f"""# GPU benchmark: dropsweep vs bare HF Trainer + peft + bitsandbytes
 

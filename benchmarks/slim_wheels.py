@@ -5,7 +5,7 @@ A bitsandbytes wheel carries one native library per CUDA/ROCm/XPU toolkit (0.48.
 and the CPU fallback, every release from 0.48 on fits a few MB, so a whole version sweep fits
 one 64 MiB transfer to an offline GPU machine.
 
-    python -m src.bench.slim_wheels bitsandbytes-0.48.2-*.whl bitsandbytes-0.50.2-*.whl --keep-cuda 130 -o wheels/
+    python -m benchmarks.slim_wheels bitsandbytes-0.48.2-*.whl bitsandbytes-0.50.2-*.whl --keep-cuda 130 -o wheels/
 
 The slimmed wheel keeps its name and version and installs with plain pip; its RECORD lists
 exactly the files left, with their sha256 and sizes, as the wheel format requires.

@@ -1,10 +1,10 @@
 """How fast `make report` is on a large sweep: 1,000 synthetic runs x 10,000 logged steps.
 
-    python -m src.bench.report                           # the full size; budget 10 s
-    python -m src.bench.report --runs 200 --steps 2000   # a smaller one
+    python -m benchmarks.report                           # the full size; budget 10 s
+    python -m benchmarks.report --runs 200 --steps 2000   # a smaller one
 
 The runs are dropsweep run dirs (metrics.jsonl, summary.json, .hydra/overrides.yaml) written
-from the synthetic curves of src/bench/synthetic.py, once, into a cache folder (writing them
+from the synthetic curves of src/detect/synthetic.py, once, into a cache folder (writing them
 is not timed). The factors are planted: bitsandbytes 0.50.2 with a 4-bit quant freezes (a
 stall), LoRA r=64 memorises (epoch-boundary drops), fp32 (quant=none) runs sometimes log
 NaN as 0.0, and the other runs get a mix of spikes, lr steps, batch changes, saw-tooth and
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.bench.synthetic import make_case
+from src.detect.synthetic import make_case
 from src.detect import Curve
 
 BUDGET_S = 10.0
@@ -82,7 +82,7 @@ def write_run_dir(path: Path, curve: Curve | None, summary: dict, overrides: lis
 
 
 def summary_for(factors: dict, status: str = "completed", steps: int | None = None, **extra) -> dict:
-    """A summary.json like src/job.py writes, for hand-made runs."""
+    """A summary.json like src/train.py writes, for hand-made runs."""
     bnb = str(factors.get("bnb_version", "0.48.2"))
     quant = factors.get("quant", "nf4")
     summary = {
@@ -154,7 +154,7 @@ def cpu_seconds() -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench.report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds the report may take (default 10)")

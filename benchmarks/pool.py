@@ -1,6 +1,6 @@
-"""Pool the dropsweep/bare step ratios of several `python -m src.bench.gpu` results files.
+"""Pool the dropsweep/bare step ratios of several `python -m benchmarks.gpu` results files.
 
-    python -m src.bench.pool experiments/gpu/results_1gpu_lockstep*.json
+    python -m benchmarks.pool experiments/gpu/results_1gpu_lockstep*.json
 
 Prints, per mode and over all modes, the geometric mean of the per-repeat ratios (each repeat: one
 dropsweep run against one bare run) with a 95% bootstrap interval over the repeats, and the ratio of
@@ -70,13 +70,13 @@ def pool(paths: list[Path], key: str = "ratio_step", seed: int = 0) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", type=Path, help="results.json files of src.bench.gpu")
+    parser.add_argument("files", nargs="+", type=Path, help="results.json files of benchmarks.gpu")
     parser.add_argument("--period", action="store_true", help="pool the end-to-end (period) ratios instead")
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.files if not p.is_file()]
     if missing:
         raise SystemExit(f"no such results file: {', '.join(missing)}; give results.json files that "
-                         "`python -m src.bench.gpu --out DIR` wrote.")
+                         "`python -m benchmarks.gpu --out DIR` wrote.")
     pooled = pool(args.files, "ratio_period" if args.period else "ratio_step")
     for label, modes in pooled.items():
         print(f"\n{label} ({'period' if args.period else 'step'} ratios)")

@@ -1,1 +1,0 @@
-"""Benchmarks, each run as `python -m src.bench.<name>` (detect: the loss-anomaly detector)."""
