@@ -66,7 +66,19 @@ def requested(bnb: DictConfig) -> tuple[str, dict[str, str]]:
 
 def needs_overlay(bnb: DictConfig) -> bool:
     version, companions = requested(bnb)
-    return bool(companions) or (version != "installed" and version != installed_bnb())
+    if version == "installed" or version == installed_bnb():
+        return bool(differing(companions)) if version == "installed" else bool(companions)
+    return True
+
+
+def differing(companions: dict[str, str]) -> dict[str, str]:
+    """The companion pins this environment does not already satisfy (a pin of the installed version needs no overlay)."""
+    def same(name: str, pin: str) -> bool:
+        try:
+            return _installed(name) is not None and Version(_installed(name)) == Version(pin)
+        except InvalidVersion:
+            return False
+    return {name: pin for name, pin in companions.items() if not same(name, pin)}
 
 
 def env_name(version: str, companions: dict[str, str]) -> str:

@@ -1,5 +1,6 @@
-"""bitsandbytes overlay environments: built once, reused, verified, safe to build in parallel, and
-versions that cannot work here refused in one sentence."""
+"""Overlay environments (bitsandbytes, and peft / transformers / accelerate as companions): built
+once, reused, verified, safe to build in parallel, and versions that cannot work here refused in
+one sentence."""
 import subprocess
 import sys
 import time
@@ -83,4 +84,44 @@ def test_supported_release_lines_pass_the_checks_and_legacy_stack_composes():
 def test_an_unpublished_version_fails_with_the_installers_reason(tmp_path):
     with pytest.raises(ConfigError, match=r"bnb=0\.99\.1 could not be installed \(.*no version of bitsandbytes"):
         envs.ensure("0.99.1", cache_dir=tmp_path, log=lambda _: None)
+    assert envs.list_envs(tmp_path) == []  # nothing half-built left looking ready
+
+
+def test_companion_only_requests_name_their_overlay_and_refuse_an_old_transformers():
+    assert envs.needs_overlay(bnb("installed", peft="0.20.0")) and not envs.needs_overlay(bnb("installed"))
+    from importlib import metadata
+
+    assert not envs.needs_overlay(bnb("installed", peft=metadata.version("peft")))  # already what is installed
+    assert envs.env_name("installed", {"peft": "0.20.0"}) == "peft-0.20.0"
+    assert envs.env_name("0.50.2", {}) == "bnb-0.50.2" and envs.label("installed", {"peft": "0.20.0"}) == "peft=0.20.0"
+    with pytest.raises(ConfigError) as caught:
+        envs.check_request(bnb("installed", transformers="4.31.0"), "cpu")
+    assert str(caught.value).startswith("transformers=4.31.0 is older than dropsweep's training code accepts")
+    with pytest.raises(ConfigError, match="bnb.companions.peft=latest is not a version number"):
+        envs.check_request(bnb("installed", peft="latest"), "cpu")
+
+
+@pytest.mark.slow
+def test_a_peft_overlay_holds_only_peft_and_shares_the_installed_bitsandbytes(fresh_cache):
+    python = envs.ensure("installed", {"peft": "0.20.0"}, cache_dir=fresh_cache, log=lambda _: None)
+    env_dir = fresh_cache / "envs" / "peft-0.20.0"
+    assert python == env_dir / "bin" / "python" and (env_dir / envs.READY).exists()
+    probe = "import peft, bitsandbytes; print(peft.__version__, peft.__file__, bitsandbytes.__version__, bitsandbytes.__file__)"
+    peft_version, peft_file, bnb_version, bnb_file = subprocess.check_output([str(python), "-c", probe], text=True).split()[-4:]
+    assert (peft_version, bnb_version) == ("0.20.0", envs.installed_bnb())
+    assert peft_file.startswith(str(env_dir)) and bnb_file.startswith(sys.prefix)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pins, sentence", [
+    ({"transformers": "4.57.1"}, "transformers=4.57.1 cannot run here: transformers requires huggingface-hub<1.0,"
+                                 ">=0.34.0, this environment has huggingface-hub "),
+    ({"peft": "0.17.0"}, "peft=0.17.0 installed but peft cannot be imported here (ImportError: cannot import name "
+                         "'HybridCache' from 'transformers'"),
+])
+def test_a_release_that_cannot_run_with_this_environment_is_refused_and_not_kept(tmp_path, pins, sentence):
+    with pytest.raises(ConfigError) as caught:
+        envs.ensure("installed", pins, cache_dir=tmp_path, log=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith(sentence) and "; pick another release" in message and message.endswith(".")
     assert envs.list_envs(tmp_path) == []  # nothing half-built left looking ready

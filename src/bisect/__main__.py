@@ -61,10 +61,13 @@ def check_overrides(package: str, overrides: list[str]):
             raise BisectError(f"drop {item} from the overrides: the bisection sets the {package} version itself.")
     cfg = compose(overrides)
     swept = dict(cfg.hydra.sweeper.get("params") or {})
+    if package == "bitsandbytes" and list(swept) == ["bnb"]:  # a preset comparing versions: the bisection picks them
+        overrides = [*overrides, "~hydra.sweeper.params.bnb"]
+        cfg, swept = compose(overrides), {}
     if swept:
         raise BisectError(f"the overrides sweep {', '.join(swept)} (hydra.sweeper.params, e.g. from an experiment "
                           f"preset); give the preset's settings as plain overrides instead.")
-    return cfg
+    return cfg, overrides
 
 
 def plan(args) -> dict:
@@ -75,7 +78,7 @@ def plan(args) -> dict:
     if args.package not in PACKAGES:
         raise BisectError(f"{args.package} is not a package dropsweep can bisect; use one of {', '.join(PACKAGES)}.")
     verdict = parse(args.verdict)
-    cfg = check_overrides(args.package, args.overrides)
+    cfg, overrides = check_overrides(args.package, args.overrides)
     from ..versions import resolve_device
 
     device = resolve_device(cfg.device)
@@ -103,7 +106,7 @@ def plan(args) -> dict:
     bnb_version = str(cfg.bnb.version)
     companions = {str(k): str(v) for k, v in (cfg.bnb.get("companions") or {}).items()}
     state = {"package": args.package, "good": good.version, "bad": bad.version, "verdict": verdict.spec,
-             "overrides": list(args.overrides), "bnb_version": bnb_version, "companions": companions,
+             "overrides": overrides, "bnb_version": bnb_version, "companions": companions,
              "device": device, "cache_dir": str(cfg.cache_dir), "candidates": [r.version for r in candidates],
              "refused": refused, "probes": [good.version, bad.version], "outcome": None,
              "created_at": datetime.now().isoformat(timespec="seconds")}

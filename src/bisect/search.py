@@ -92,12 +92,12 @@ def next_step(state: dict, done: list[Probe]) -> str | dict:
     verdict = verdicts.parse(state["verdict"])
     by_version = {p.version: p for p in done}
     ref, worst = by_version[good], by_version[bad]
-    if ref.obs.status not in ("completed", "stopped"):
-        return _refused(f"the good end, {package} {good}, {ref.obs.status} ({ref.obs.error}); a bisection needs a good "
-                        f"end that runs, so fix the run's overrides first")
     if ref.bad:
         return _refused(f"the good end, {package} {good}, already {verdict.verb} ({ref.evidence}); "
                         f"pick an older --good")
+    if ref.obs.status not in ("completed", "stopped"):
+        return _refused(f"the good end, {package} {good}, {ref.obs.status} ({(ref.obs.error or '').rstrip('.')}); a "
+                        f"bisection needs a good end that runs, so fix the run's overrides first")
     if worst.bad is None:
         return _refused(f"the bad end, {package} {bad}, cannot be judged ({worst.evidence}); pick another verdict "
                         f"(--verdict fails) or another --bad")
@@ -171,6 +171,8 @@ def overlay_refusal(state: dict, version: str, cache_dir, echo=print) -> str | N
             return None
     else:
         companions[package] = version
+        if bnb_version == "installed" and not envs.differing(companions):
+            return None  # the installed version: the probe runs in the project environment
     try:
         envs.ensure(bnb_version, companions, cache_dir, log=echo)
     except ConfigError as refused:

@@ -101,10 +101,12 @@ def side_by_side(state: dict, last_good, first_bad) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from ..detect import LogFormatError, load_curve
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True, sharey=True)
+    grads = []
     for ax, probe, role in ((axes[0], last_good, "last good"), (axes[1], first_bad, "first bad")):
         ax.set_title(f"{state['package']} {probe.version} ({role})", fontsize=10)
         try:
@@ -116,13 +118,18 @@ def side_by_side(state: dict, last_good, first_bad) -> bytes:
         if len(curve.eval_loss):
             ax.plot(curve.eval_step, curve.eval_loss, "o", color="tab:orange", label="eval loss")
         grad = ax.twinx()
-        grad.plot(curve.step, curve.grad_norm, "--", color="grey", linewidth=1, label="grad_norm")
+        grad.plot(curve.step, curve.grad_norm, "--", color="grey", linewidth=1, label="grad_norm (right axis)")
         grad.set_ylabel("grad_norm", fontsize=8, color="grey")
+        grads.append((grad, curve.grad_norm))
         ax.set_xlabel("step")
         if probe.obs.status != "completed":
-            ax.text(0.02, 0.02, f"{probe.obs.status}: {(probe.obs.error or '')[:70]}", transform=ax.transAxes, fontsize=7)
+            ax.text(0.02, 0.02, f"{probe.obs.status}: {(probe.obs.error or '')[:80]}", transform=ax.transAxes, fontsize=7)
+    top = max((float(np.nanmax(g)) for _, g in grads if np.isfinite(g).any()), default=1.0) or 1.0
+    for grad, _ in grads:  # one grad_norm scale from 0, so that exactly 0 reads as 0 in both panels
+        grad.set_ylim(0, top * 1.1)
+    handles = [h for ax in (axes[0], grads[0][0] if grads else axes[0]) for h in ax.get_legend_handles_labels()[0]]
+    axes[0].legend(handles=handles, fontsize=8, loc="upper right")
     axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
