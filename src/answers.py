@@ -104,10 +104,23 @@ def scored(prompts: list[dict], answers: list[str]) -> dict:
     return {"answers": items, "score": score}
 
 
-def answer(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> dict:
+def quantized(model) -> bool:
+    return any(type(p).__name__ in ("Params4bit", "Int8Params") for p in model.parameters())
+
+
+def answer(model, tokenizer, prompts: list[dict], max_new_tokens: int, merged: bool = True) -> dict:
+    """The run's answers. With `merged`, a 4/8-bit model answers through a dense copy with the adapter
+    merged into its dequantized weights (src/generate.py): the same weights, decoded without
+    bitsandbytes' per-step dequantization, which on a CPU takes most of a 4-bit decoding step."""
     started = time.perf_counter()
-    texts = generate_answers(model, tokenizer, [prompt_text(p["instruction"]) for p in prompts], max_new_tokens)
-    return scored(prompts, texts) | {"seconds": round(time.perf_counter() - started, 3)}
+    decoder, how = model, "the model as trained"
+    if merged and quantized(model):
+        from .generate import merged_copy
+
+        decoder, how = merged_copy(model), "adapter merged into the dequantized base"
+    texts = generate_answers(decoder, tokenizer, [prompt_text(p["instruction"]) for p in prompts], max_new_tokens)
+    del decoder
+    return scored(prompts, texts) | {"decoded_on": how, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def base_answers(cfg, tokenizer, prompts: list[dict], max_new_tokens: int, base) -> dict:
@@ -130,12 +143,11 @@ def base_answers(cfg, tokenizer, prompts: list[dict], max_new_tokens: int, base)
     return scored(prompts, texts) | {"model": f"{cfg.model.name} unquantized ({base.dtype}), before training"}
 
 
-def answers_file(cfg, model, tokenizer, base) -> dict:
-    """What answers.json holds: the prompts' answers after training, and the base model's."""
-    settings = cfg.measure.answers
-    prompts = prompt_rows(cfg.data, int(settings.held_out), int(settings.trained))
-    if not prompts:
-        return {}
-    run = answer(model, tokenizer, prompts, int(settings.max_new_tokens))
-    return {"max_new_tokens": int(settings.max_new_tokens), "run": run,
-            "base": base_answers(cfg, tokenizer, prompts, int(settings.max_new_tokens), base)}
+def summary_keys(answers: dict) -> dict:
+    """The scores as summary.json (and W&B) keys: answer_score, answer_score_held_out, answer_score_trained."""
+    score = (answers.get("run") or {}).get("score") or {}
+    keys = {"answer_score": score.get("all"), "answer_score_held_out": score.get("held_out"),
+            "answer_score_trained": score.get("trained")}
+    if answers.get("run"):
+        keys["answers_s"] = answers["run"]["seconds"]
+    return {k: v for k, v in keys.items() if v is not None}

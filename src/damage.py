@@ -121,7 +121,7 @@ def reference(cfg, rows: list[list[int]], dtype: str, base: BaseModel, pad_id: i
             torch.save(data, tmp)
             tmp.rename(path)
             cached = False
-    return data | {"cached": cached, "seconds": time.perf_counter() - started, "file": str(path)}
+    return data | {"cached": cached, "seconds": time.perf_counter() - started, "file": str(path), "dtype": dtype}
 
 
 def compare(ref_logprobs: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -147,25 +147,25 @@ def compare(ref_logprobs: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
     }
 
 
-def measure_damage(cfg, model, tokenizer, eval_set, base: BaseModel) -> dict | None:
-    """The `damage` block of summary.json for a freshly wrapped (untrained) model; None without held-out rows."""
+def prepare_reference(cfg, tokenizer, eval_set, base: BaseModel) -> dict | None:
+    """The held-out rows and the unquantized model's log-probabilities over them (cached); None
+    without held-out rows. Done before the run loads its own model, so the unquantized one, when
+    it has to be loaded, is gone again before training and adds nothing to the run's peak memory."""
     settings = cfg.measure.damage
-    started = time.perf_counter()
     rows = held_out_rows(eval_set, int(settings.rows), len(tokenizer), float(settings.max_cache_mb))
     if not rows:
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ref = reference(cfg, rows, str(settings.reference_dtype), base, pad_id)
-    logprobs, targets = next_token_logprobs(model, rows, pad_id)
+    return reference(cfg, rows, str(settings.reference_dtype), base, pad_id) | {"rows": rows, "pad_id": pad_id}
+
+
+def measure_damage(model, ref: dict) -> dict:
+    """The `damage` block of summary.json for a freshly wrapped (untrained) model against `ref`."""
+    started = time.perf_counter()
+    logprobs, targets = next_token_logprobs(model, ref["rows"], ref["pad_id"])
     if not torch.equal(targets, ref["targets"]):
         raise ValueError("the cached reference holds other tokens than these held-out rows; "
                          f"delete {ref['file']} and run again.")
     result = compare(ref["logprobs"], logprobs, targets)
-    return result | {"rows": len(rows), "reference_dtype": str(settings.reference_dtype),
-                     "reference_cached": ref["cached"], "reference_s": round(ref["seconds"], 3),
-                     "seconds": round(time.perf_counter() - started, 3)}
-
-
-def wandb_summary(damage: dict | None) -> dict:
-    """The damage figures as flat W&B summary keys (damage/kl, damage/top1_agreement, ...)."""
-    return {f"damage/{k}": v for k, v in (damage or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return result | {"rows": len(ref["rows"]), "reference_dtype": ref["dtype"], "reference_cached": ref["cached"],
+                     "reference_s": round(ref["seconds"], 3), "seconds": round(time.perf_counter() - started, 3)}

@@ -173,7 +173,7 @@ class WandbLogger:
             self._queue.put((self.wandb.alert, (f"dropsweep: {event['kind']} at step {event['step']}", text)))
 
     SUMMARY_KEYS = ("final_loss", "best_loss", "final_eval_loss", "tokens_per_s", "peak_mem_gb", "gen_tokens_per_s",
-                    "status")
+                    "answer_score", "answer_score_held_out", "answer_score_trained", "status")
 
     def close(self, summary: dict) -> None:
         self._queue.put(None)
@@ -181,6 +181,9 @@ class WandbLogger:
         for key in self.SUMMARY_KEYS:
             if key in summary:
                 self.run.summary[key] = summary[key]
+        for key, value in (summary.get("damage") or {}).items():  # damage/kl, damage/top1_agreement, ...
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.run.summary[f"damage/{key}"] = value
         self.run.finish(exit_code=1 if summary.get("status") == "failed" else 0)
 
 

@@ -196,6 +196,7 @@ class _Job:
 
         from .data import build_datasets
         from .detect.callback import LossAnomalyCallback
+        from .measure import Measurements
         from .models import load_model_and_tokenizer
         from .training import MetricsStream, generation_speed, quiet_libraries, train_model
 
@@ -206,10 +207,13 @@ class _Job:
         self.summary["bnb_version"] = bitsandbytes_version()
         transformers.set_seed(cfg.train.seed)
         self._start_loggers()
+        measures = Measurements(cfg, self.device)
+        measures.prepare()  # the unquantized reference, when it is not cached yet: loaded and freed before the run's model
         loaded = time.perf_counter()
         model, tokenizer = load_model_and_tokenizer(cfg, self.device)
         self.summary["load_time_s"] = round(time.perf_counter() - loaded, 2)
         train_set, eval_set = build_datasets(cfg.data, tokenizer, cfg.model.max_length)
+        self.summary.update(measures.before_training(model, tokenizer, eval_set))  # quantization damage
         stream = MetricsStream(self.loggers.log, synchronize=bool(cfg.train.get("profile", False)))
         detector = LossAnomalyCallback(**OmegaConf.to_container(cfg.detector, resolve=True))
         detector.on_event = lambda event: self._on_event(event, detector.action(event))
@@ -245,3 +249,4 @@ class _Job:
                                                  fast=bool(gen.get("fast", False))))
         self.summary["peak_mem_gb"] = round(peak_memory_gb(self.device), 3)
         self.summary["peak_mem_kind"] = "cuda_allocated" if self.device == "cuda" else "process_rss"
+        self.summary.update(measures.after_training(model, tokenizer, self.run_dir))  # answers.json

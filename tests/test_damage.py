@@ -1,0 +1,64 @@
+"""Quantization damage with real bitsandbytes quantization: zero for the unquantized model, larger
+in 4-bit than in 8-bit on SmolLM2, and the unquantized reference computed once and then read back."""
+import pytest
+import torch
+
+from src import damage
+from src.data import build_datasets
+from src.models import load_model_and_tokenizer
+from tests.conftest import compose_config
+
+
+def measured(overrides, cache_dir=None):
+    cfg = compose_config([*overrides, "device=cpu"] + ([f"cache_dir={cache_dir}"] if cache_dir else []))
+    torch.manual_seed(0)
+    model, tokenizer = load_model_and_tokenizer(cfg, "cpu")
+    _, eval_set = build_datasets(cfg.data, tokenizer, cfg.model.max_length)
+    ref = damage.prepare_reference(cfg, tokenizer, eval_set, damage.BaseModel(cfg, "float32"))
+    return damage.measure_damage(model, ref)
+
+
+def test_unquantized_model_has_no_damage(tmp_path):
+    result = measured(["model=tiny_neox", "quant=none"], tmp_path)
+    assert result["kl"] == 0.0 and result["kl_max"] == 0.0
+    assert result["top1_agreement"] == 1.0
+    assert result["eval_loss_quantized"] == result["eval_loss_unquantized"]
+    assert result["tokens"] > 100 and not result["reference_cached"]
+
+
+def test_reference_is_computed_once_and_read_back(tmp_path):
+    first = measured(["model=tiny_neox", "quant=nf4"], tmp_path)
+    assert not first["reference_cached"]
+    assert first["kl"] > 0 and first["top1_agreement"] < 1.0
+    second = measured(["model=tiny_neox", "quant=nf4"], tmp_path)
+    assert second["reference_cached"]
+    assert second["kl"] == first["kl"] and second["eval_loss_unquantized"] == first["eval_loss_unquantized"]
+    [cached] = (tmp_path / "reference").glob("tiny_neox-float32-*.pt")
+    assert cached.stat().st_size > 0
+
+
+def test_comparison_of_known_distributions():
+    ref = torch.log_softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), -1)
+    other = torch.log_softmax(torch.tensor([[0.0, 2.0, -1.0], [0.0, 1.0, 0.0]]), -1)
+    result = damage.compare(ref, other, torch.tensor([0, 1]))
+    p = ref[0].exp()
+    expected_kl = float((p * (ref[0] - other[0])).sum()) / 2  # the second position is identical
+    assert result["kl"] == pytest.approx(expected_kl, rel=1e-6)
+    assert result["top1_agreement"] == 0.5
+    assert result["eval_loss_increase"] == pytest.approx(float(ref[0, 0] - other[0, 0]) / 2, rel=1e-6)
+
+
+def test_rows_are_capped_by_the_cache_budget():
+    eval_set = {"input_ids": [[1] * 33] * 16}
+    assert len(damage.held_out_rows(eval_set, 16, 1000, 4 * 1000 * 64 / 2**20)) == 2  # 64 positions fit
+    assert len(damage.held_out_rows(eval_set, 3, 10, 256)) == 3
+
+
+@pytest.mark.slow  # SmolLM2-135M in four modes: about a minute on 2 cores
+def test_smollm2_4bit_damages_more_than_8bit():
+    results = {quant: measured(["model=smollm2_135m", f"quant={quant}"]) for quant in ("none", "int8", "nf4", "fp4")}
+    assert results["none"]["kl"] == 0.0 and results["none"]["top1_agreement"] == 1.0
+    for four_bit in ("nf4", "fp4"):
+        assert results[four_bit]["kl"] > 2 * results["int8"]["kl"] > 0
+        assert results[four_bit]["top1_agreement"] < results["int8"]["top1_agreement"] < 1.0
+        assert results[four_bit]["eval_loss_quantized"] > results["int8"]["eval_loss_quantized"]
