@@ -28,6 +28,8 @@ import numpy as np
 
 from src.detect.synthetic import make_case
 from src.detect import Curve
+from src.rundir import files as rundir_files
+from src.rundir.metrics import encode_row
 
 BUDGET_S = 10.0
 QUANTS = ("nf4", "nf4_dq", "fp4", "int8", "none")
@@ -42,43 +44,12 @@ VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.24.0",
 
 
 def metrics_lines(curve: Curve) -> str:
-    """A curve as dropsweep's DiskLogger writes it: one JSON object a line, non-finite numbers
-    as strings, eval rows after the train row of their step."""
-    columns = [("step", curve.step)] + [(name, getattr(curve, name)) for name in ("loss", "epoch", "lr", "grad_norm", "tokens", "step_time_s")]
-    parts = []
-    for name, values in columns:
-        values = np.asarray(values)
-        if name != "step" and not np.isfinite(values).any() and name != "loss":
-            continue
-        if name == "step":
-            parts.append([f'"step": {v}' for v in values.tolist()])
-        else:
-            parts.append([f'"{name}": {json_number(v)}' if (name == "loss" or math.isfinite(v)) else "" for v in values.tolist()])
-    evals = dict(zip(curve.eval_step.tolist(), curve.eval_loss.tolist()))
-    lines = []
-    for i, step in enumerate(curve.step.tolist()):
-        lines.append("{" + ", ".join(p[i] for p in parts if p[i]) + "}")
-        if step in evals:
-            lines.append(f'{{"step": {step}, "eval_loss": {json_number(evals.pop(step))}}}')
-    lines += [f'{{"step": {s}, "eval_loss": {json_number(v)}}}' for s, v in evals.items()]
-    return "\n".join(lines) + "\n"
-
-
-def json_number(value: float) -> str:
-    if math.isfinite(value):
-        return repr(float(value))
-    return '"nan"' if math.isnan(value) else ('"inf"' if value > 0 else '"-inf"')
+    """A curve as metrics.jsonl holds it (the run-directory module's own row writer)."""
+    return "".join(encode_row(row) + "\n" for row in curve.records())
 
 
 def write_run_dir(path: Path, curve: Curve | None, summary: dict, overrides: list[str]) -> Path:
-    """A run dir as a dropsweep job leaves it (summary.json, metrics.jsonl, .hydra/overrides.yaml)."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / ".hydra").mkdir(exist_ok=True)
-    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    if curve is not None:
-        (path / "metrics.jsonl").write_text(metrics_lines(curve))
-    (path / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    return path
+    return rundir_files.write_run_dir(path, metrics_lines(curve) if curve is not None else None, summary, overrides)
 
 
 def summary_for(factors: dict, status: str = "completed", steps: int | None = None, **extra) -> dict:

@@ -76,21 +76,37 @@ def initial_summary(cfg: DictConfig, device: str, name: str) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _signals_stop_training():
-    """SIGTERM (and Ctrl-C, as KeyboardInterrupt) end training as `stopped`; only in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class StopOnSignal:
+    """SIGTERM and Ctrl-C end the run as `stopped`. Before training starts they raise Stopped at once;
+    during training they only ask the Trainer to stop after the current step (raising inside a step
+    would surface from whatever library code was running, e.g. as a tokenizer's ValueError). A second
+    signal raises at once. The sweep's own handler, if any, runs first (no further job starts)."""
 
-    def stop(signum, frame):
-        raise Stopped(f"received {signal.Signals(signum).name}")
+    def __init__(self):
+        self.received: str | None = None
+        self.training = False
+        self.previous: dict = {}
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def handle(self, signum, frame):
+        handler = self.previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        first = self.received is None
+        self.received = f"received {signal.Signals(signum).name}"
+        if not self.training or not first:
+            raise Stopped(self.received)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
 
 
 def train(cfg: DictConfig, run_dir, *, group: str | None = None, name: str = "defaults", callbacks=()) -> dict:
@@ -118,16 +134,18 @@ class _Job:
         self.summary = initial_summary(cfg, self.device, name)
         self.stop_reason: str | None = None
         self.loggers: FanOut | None = None
+        self.signals = StopOnSignal()
 
     def run(self) -> dict:
         started = time.perf_counter()
         try:
-            with _signals_stop_training():
+            with self.signals.installed():
                 from .checks import check_config
 
                 check_config(self.cfg, self.device)
                 write_summary(self.run_dir, self.summary)
                 self._fine_tune()
+            self.stop_reason = self.stop_reason or self.signals.received
             self.summary["status"] = "stopped" if self.stop_reason else "completed"
             if self.stop_reason:
                 self.summary["stop_reason"] = self.stop_reason
@@ -198,7 +216,7 @@ class _Job:
         from .detect.callback import LossAnomalyCallback
         from .measure import Measurements
         from .models import load_model_and_tokenizer
-        from .training import MetricsStream, generation_speed, quiet_libraries, train_model
+        from .training import MetricsStream, StopWhenAsked, generation_speed, quiet_libraries, train_model
 
         cfg = self.cfg
         if cfg.threads:
@@ -221,8 +239,14 @@ class _Job:
         for hook in (c for c in self.callbacks if hasattr(c, "watch")):  # a benchmark's timing hook
             hook.watch(stream, "metrics_disk_wandb")
             hook.watch(detector, "detector")
+        self.signals.training = True
+        asked = StopWhenAsked(lambda: self.signals.received)
         result = train_model(cfg, model, tokenizer, train_set, eval_set, self.device,
-                             str(self.run_dir / "trainer"), [stream, detector, *self.callbacks])
+                             str(self.run_dir / "trainer"), [stream, detector, asked, *self.callbacks])
+        self.signals.training = False
+        if self.signals.received:  # stopped after a step: no trial answer, the run ends here
+            self.summary["steps"] = result["global_step"]
+            raise Stopped(self.signals.received)
         self.summary["train_peak_mem_gb"] = round(peak_memory_gb(self.device), 3)  # before generation's copies
         model.save_pretrained(str(self.run_dir / "adapter"))  # for `python -m src.generate RUN_DIR "prompt"`
         losses = [r["loss"] for r in stream.rows if "loss" in r]

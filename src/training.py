@@ -53,6 +53,17 @@ class MetricsStream(TrainerCallback):
                             if k in ("step", "epoch", "loss", "eval_loss", "lr", "grad_norm")), flush=True)
 
 
+class StopWhenAsked(TrainerCallback):
+    """Ends training cleanly after the current step once `asked()` says why (a signal arrived)."""
+
+    def __init__(self, asked: Callable[[], str | None]):
+        self.asked = asked
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.asked():
+            control.should_training_stop = True
+
+
 def quiet_libraries() -> None:
     """Progress bars and deprecation chatter of the libraries would bury the job's own lines."""
     import warnings

@@ -94,3 +94,15 @@ def installed_version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def write_run_dir(path: Path, metrics_lines: str | None, summary: dict, overrides: list[str]) -> Path:
+    """A run dir as a job leaves it (summary.json, metrics.jsonl, .hydra/overrides.yaml), for runs made by
+    hand: benchmarks' synthetic sweeps and tests."""
+    path = Path(path)
+    (path / ".hydra").mkdir(parents=True, exist_ok=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if metrics_lines is not None:
+        (path / "metrics.jsonl").write_text(metrics_lines)
+    write_summary(path, summary)
+    return path
