@@ -130,3 +130,8 @@ def test_verdicts_parse_what_a_user_types_and_refuse_the_rest():
     for wrong in ("eval_loss>", "lr>10%", "stalls?"):
         with pytest.raises(BisectError, match="is not a verdict dropsweep knows"):
             verdicts.parse(wrong)
+
+
+def test_the_command_line_documents_itself():
+    result = bisect("--help", timeout=60)
+    assert result.returncode == 0 and "--verdict VERDICT" in result.stdout and "final_loss>10%" in result.stdout

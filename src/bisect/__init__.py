@@ -6,5 +6,11 @@ accelerate first makes a run stall, drop, fail or move its loss.
     releases.py  the package index: releases in range, what cannot run here
     verdicts.py  what makes a probe bad, judged from its run dir
     search.py    the state on disk, the next probe, the probes as jobs of one sweep dir, the answer
-    __main__.py  the command line and its one-sentence refusals
+    command.py   the command line and its one-sentence refusals (`python -m src.bisect`, `dropsweep bisect`)
 """
+
+
+def main(argv=None) -> int:
+    from .command import main as command
+
+    return command(argv)
