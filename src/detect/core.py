@@ -17,8 +17,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .causes import DropContext, describe_nonfinite, describe_stall, explain_drop
 from .rules import (
     EPOCH_MIN_POINTS,
+    EXCURSION_POINTS,
+    EXCURSION_WINDOW,
     FROZEN_LOSS_FLOOR,
-    FRESH_WINDOWS,
     NOISE_FLOOR,
     NOISE_POINTS,
     SPIKE_SPAN,
@@ -32,8 +33,12 @@ from .rules import (
     drop_shape,
     epoch_crossing,
     epoch_shape,
+    epoch_span,
+    after_excursion,
     epoch_window,
     level,
+    level_before_excursion,
+    noise_after,
     noise_scale,
     score_scale,
     small_drop_hold,
@@ -102,19 +107,15 @@ class NoiseBefore:
 
 def drops_at_scale(y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """(scale, boundary, decided, event) for each drop cluster at scale s; boundary and
-    decided are positions in the valid series. In the fresh phase (the first FRESH_WINDOWS
-    windows) a candidate also needs the right-hand trend, so it is decided s points later."""
-    n, fresh_end = len(y), FRESH_WINDOWS * s
-    out = []
-    for lag, first, stop in ((2 * s, 2 * s, min(fresh_end, n - 2 * s + 1)), (s, max(2 * s, fresh_end), n - s + 1)):
-        if stop > first:
-            out += scan(np.arange(first, stop), lag, y, m, noise, epoch, steps, s, cfg)
-    return out
+    decided are positions in the valid series. A candidate is judged with the stretch after
+    its new level too (the new level must hold), so it is decided 2s points after it."""
+    first, stop = 2 * s, len(y) - 2 * s + 1
+    return scan(np.arange(first, stop), 2 * s, y, m, noise, epoch, steps, s, cfg) if stop > first else []
 
 
 def scan(c, lag: int, y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """Evaluate candidates c (in order) and group those that pass into clusters."""
-    kind, z, fall, L, R = candidates(c, lag, m, noise, epoch, s, cfg)
+    kind, z, fall, L, R = candidates(c, lag, y, m, noise, epoch, s, cfg)
     out, cluster, refractory = [], None, -1
     for i in np.flatnonzero(continues(kind, z, cfg)).tolist():  # few: most candidates fail
         ci = int(c[i])
@@ -130,32 +131,69 @@ def scan(c, lag: int, y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[
     return out
 
 
-def candidates(c, lag: int, m, noise, epoch, s: int, cfg: Settings):
+def candidates(c, lag: int, y, m, noise, epoch, s: int, cfg: Settings, origin: int = 0):
     """(kind, z, fall, level before, level after) of candidate(s) c, kind 0 where they fail.
     Shared by both faces: offline passes arrays, the streaming face one candidate; `noise(c)`
-    gives the noise scale before c."""
+    gives the noise scale before c, `origin` how many valid points precede y[0].
+
+    The noise is the larger of the scales before c and among the new level's points (the
+    volatility may change there); a candidate that passes is then judged against the level
+    before any excursion (after_excursion)."""
     parts, w = s // cfg.window, cfg.window
-    L, Lc, R = level(m, c - s, parts, w), level(m, c - 2 * s, parts, w), level(m, c, parts, w)
-    Rc = level(m, c + s, parts, w) if lag > s else None
-    fall, L, plausible = drop_shape(level_or(m, c - 3 * s, parts, w, Lc), Lc, L, R, cfg, Rc)
+    if isinstance(c, int):
+        at_level = lambda start: level(m, start, parts, w)  # noqa: E731
+    else:  # c is a run of consecutive candidates: the levels are slices of one series
+        series, first, count = level_series(m, parts, w), int(c[0]), len(c)
+        at_level = lambda start: series[int(start[0]) : int(start[0]) + count]  # noqa: E731
+    L, Lc, R = at_level(c - s), at_level(c - 2 * s), at_level(c)
+    Rc = at_level(c + s) if lag > s else None
+    if isinstance(c, int):
+        Lcc = at_level(c - 3 * s) if c >= 3 * s else Lc
+    else:
+        Lcc = Lc.copy()
+        known = max(3 * s - first, 0)  # candidates with a whole stretch three back
+        if known < count:
+            Lcc[known:] = series[first + known - 3 * s : first + count - 3 * s]
+    fall, before, plausible = drop_shape(Lcc, Lc, L, R, cfg, Rc)
     if isinstance(c, int):
         if not plausible:  # the common case, kept cheap for the streaming face
-            return 0, 0.0, fall, L, R
-        z = float(fall / (noise(c) * score_scale(s)))
-    else:
-        z, at = np.zeros(len(c)), np.flatnonzero(plausible)
-        if len(at) == 0:
-            return np.zeros(len(c), int), z, fall, L, R
-        z[at] = fall[at] / (noise(c[at]) * score_scale(s))
-    kind = drop_kind(fall, z, epoch_crossing(epoch[c - 2], epoch[c + 1]), cfg) * plausible
-    return kind, z, fall, L, R
+            return 0, 0.0, fall, before, R
+        return judge(c, lag, y, fall, L, R, float(noise(c)), epoch, s, cfg, origin)
+    kind, z = np.zeros(len(c), int), np.zeros(len(c))
+    at = np.flatnonzero(plausible)
+    if len(at):
+        # The same numbers as judge(), for many candidates at once; judge() then decides the
+        # few that pass with the noise alone.
+        after = noise_scale(sliding_window_view(noise.diffs, lag - 1)[c[at]])
+        sigma = np.maximum(noise(c[at]), after)
+        z[at] = fall[at] / (sigma * score_scale(s))
+        boundary = epoch_crossing(epoch[c[at] - 2], epoch[c[at] + 1])
+        for j in np.flatnonzero(drop_kind(fall[at], z[at], boundary, cfg)).tolist():
+            i = int(at[j])
+            kind[i], z[i], fall[i], before[i], _ = judge(int(c[i]), lag, y, float(fall[i]), float(L[i]), float(R[i]), float(sigma[j]), epoch, s, cfg, origin)
+    return kind, z, fall, before, R
 
 
-def level_or(m, start, parts: int, w: int, otherwise):
-    """level() where the window starts inside the curve, `otherwise` where it would not."""
-    if isinstance(start, int):
-        return level(m, start, parts, w) if start >= 0 else otherwise
-    return np.where(start >= 0, level(m, np.maximum(start, 0), parts, w), otherwise)
+def judge(c: int, lag: int, y, fall: float, L: float, R: float, sigma: float, epoch, s: int, cfg: Settings, origin: int):
+    """(kind, z, fall, level before, level after) of one plausible candidate."""
+    sigma = max(sigma, noise_after(y, c, lag))
+    z = fall / (sigma * score_scale(s))
+    boundary = epoch_crossing(float(epoch[c - 2]), float(epoch[c + 1]))
+    kind = int(drop_kind(fall, z, boundary, cfg))
+    if kind:
+        fall = after_excursion(fall, L, R, level_before_excursion(y, c - s, max(s, EXCURSION_WINDOW), origin), cfg)
+        z = fall / (sigma * score_scale(s))
+        kind = int(drop_kind(fall, z, boundary, cfg))
+    return kind, float(z), fall, R + fall, R
+
+
+def level_series(m, parts: int, w: int) -> np.ndarray:
+    """level(m, j, parts, w) for every j at once (the same sums in the same order)."""
+    count = len(m) - (parts - 1) * w
+    total = m[:count]
+    for q in range(1, parts):
+        total = total + m[q * w : q * w + count]
+    return total / parts
 
 
 def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, available: int) -> tuple:
@@ -173,29 +211,44 @@ def epoch_drops(y, noise, epoch, steps, cfg: Settings) -> list[tuple]:
     crossings = (np.flatnonzero(epoch_crossing(epoch[:-1], epoch[1:])) + 1).tolist()
     found = []
     for i, c in enumerate(crossings):
-        k = epoch_window(c, crossings[i - 1] if i else 0, cfg)
+        k = epoch_window(c, crossings[i - 1] if i else 0, cfg, first=i == 0)
         following = crossings[i + 1] if i + 1 < len(crossings) else None
         right_end = min(following or n, n)
-        if k < EPOCH_MIN_POINTS or right_end < c + k:
+        if k < EPOCH_MIN_POINTS or right_end < c + k + 1:
             continue
-        if right_end >= c + 2 * k:
-            decided = c + 2 * k - 1
+        if right_end >= c + epoch_span(k):
+            decided = c + epoch_span(k) - 1
         else:  # the streaming face decides when the next epoch begins, or at the end
-            decided = following if following is not None and following < c + 2 * k else n - 1
-        found.append(epoch_drop(c, k, y, float(noise(c)[0]), steps, right_end, decided, cfg))
+            decided = following if following is not None and following < c + epoch_span(k) else n - 1
+        found.append(epoch_drop(c, k, y, float(noise(c)[0]), steps, right_end, decided, cfg, first=i == 0, epoch_start=crossings[i - 1] if i else 0))
     return [f for f in found if f]
 
 
-def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: int, cfg: Settings):
+def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: int, cfg: Settings, origin: int = 0,
+               first: bool = False, epoch_start: int = 0):
     """The drop at the epoch boundary c (k points per window; the new epoch's points known so
-    far end at right_end), or None. Shared by both faces."""
-    Lc, L, R = window_median(y[c - 2 * k : c - k]), window_median(y[c - k : c]), window_median(y[c : c + k])
-    Rc = window_median(y[c + k : c + 2 * k]) if right_end >= c + 2 * k else None
-    fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg)
+    far end at right_end; `first`: the curve's first boundary; the old epoch began at
+    `epoch_start`), or None. Shared by both faces (`origin`: as in candidates).
+
+    The level before an excursion is looked for before the old epoch (a memorising epoch
+    creeps up: that rise is no excursion), at most EXCURSION_POINTS before its windows."""
+    # The windows skip the boundary's two points, the last of the old epoch (often a partial
+    # batch, an outlier) and the first of the new one (it may hold steps of both).
+    Lc, L = window_median(y[c - 2 * k - 1 : c - k - 1]), window_median(y[c - k - 1 : c - 1])
+    R = window_median(y[c + 1 : c + k + 1])
+    Rc = window_median(y[c + k + 1 : c + 2 * k + 1]) if right_end >= c + epoch_span(k) else None
+    fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg, first)
     if not plausible:
         return None
+    sigma = max(sigma, noise_after(y, c + 1, min(right_end, c + epoch_span(k)) - c - 1))
     z = float(fall / (sigma * score_scale(k)))
-    kind = int(drop_kind(fall, z, True, cfg))
+    kind = int(drop_kind(fall, z, not first, cfg))
+    if kind:
+        end = max(epoch_start, c - 2 * k - 1 - EXCURSION_POINTS)
+        fall = after_excursion(fall, L, R, level_before_excursion(y, end, max(k, EXCURSION_WINDOW), origin), cfg)
+        z = float(fall / (sigma * score_scale(k)))
+        kind = int(drop_kind(fall, z, not first, cfg))
+        before = after + fall
     if not kind:
         return None
     return cfg.window, c, decided, drop_event(Cluster(c, c, c, kind, z, fall, before, after), int(steps[c]), int(steps[decided]))

@@ -34,10 +34,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 NOISE_POINTS = 48  # point-to-point differences behind a candidate that estimate its noise
+EXCURSION_POINTS = 400  # how far back the level the loss had before an excursion is looked for
+EXCURSION_WINDOW = 21  # at least this many points in each stretch whose median is such a level
 NOISE_FLOOR = 1e-3  # log units: a perfectly smooth curve still needs a finite scale
 CLUSTER_GAP = 2  # candidates this close belong to the same event
 EPOCH_MIN_POINTS = 3  # an epoch-boundary test needs this many points per window
-FRESH_WINDOWS = 8  # a fine-tune's first windows may be its fast early descent: judge both sides
+EPOCH_WINDOW_MAX = 100  # and uses at most this many
 CONTINUE_FRACTION = 0.5  # a cluster goes on through candidates at half the score it needs
 SPIKE_MAX_POINTS = 3  # longer upward excursions are not spikes
 SPIKE_RETURN_POINTS = 3  # points after the excursion that must be back near the level
@@ -170,30 +172,73 @@ def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
     return _shape(L, R, change, descent + bump(Lcc, Lc, L), cfg)
 
 
-def epoch_shape(Lc, L, R, Rc, cfg: Settings):
+def epoch_shape(Lc, L, R, Rc, cfg: Settings, first: bool = False):
     """(fall, level_before, level_after, plausible) at a boundary between epochs, with windows
     inside the two epochs (Rc may be None: the new epoch is too short, or the curve ends).
 
-    A memorising epoch creeps up, so its half-epoch medians understate how much lower the new
+    A memorising epoch creeps up, so its window medians understate how much lower the new
     epoch starts than the old one ended: where the loss rises inside an epoch, the levels are
-    carried from the window centres to the boundary along that rise. On the left only a rise
-    counts as the comparable change; a descent there may be the fresh fine-tune's early
-    descent, not a trend. A descent after the boundary is subtracted, as in drop_shape.
+    carried from the window centres to the boundary along that rise. A descent inside the
+    epochs is the trend: it counts as the comparable change and is subtracted, as in
+    drop_shape; except on the left of the `first` boundary, where it may be the fresh
+    fine-tune's early descent.
     """
     rise_left = positive(L - Lc)
     rise_right = 0.0 if Rc is None else positive(Rc - R)
-    change = rise_left if Rc is None else larger(rise_left, abs(Rc - R))
-    descent = 0.0 if Rc is None else positive(R - Rc)
+    left = rise_left if first else abs(L - Lc)
+    change = left if Rc is None else larger(left, abs(Rc - R))
+    descent = 0.0 if first else positive(Lc - L)
+    if Rc is not None:
+        descent = larger(descent, positive(R - Rc))
     after = R - rise_right * 0.5
     fall = (L + rise_left * 0.5 - after) - descent
     plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (change * cfg.trend_ratio <= fall + descent)
     return fall, after + fall, after, plausible
 
 
-def epoch_window(c: int, epoch_start: int, cfg: Settings) -> int:
-    """Points per window for the boundary test at c: up to `window`, and at most half of the
-    epoch that ends there (so that both left windows lie inside it)."""
-    return min(cfg.window, (c - epoch_start) // 2)
+def noise_after(y, c: int, points: int) -> float:
+    """The noise scale among the `points` points from c (the new level), as noise_scale."""
+    return float(noise_scale(np.abs(np.diff(np.asarray(y[c : c + points], dtype=np.float64)))))
+
+
+def level_before_excursion(y, end: int, points: int, origin: int = 0) -> float | None:
+    """The lowest median of consecutive `points`-point stretches that end at `end`, reaching up
+    to EXCURSION_POINTS back but not before the curve began (`origin` counts the points before
+    y[0], which the streaming face has let go); None when not one stretch fits."""
+    count = min(max(EXCURSION_POINTS // points, 1), (origin + end) // points)
+    if count <= 0:
+        return None
+    block = np.asarray(y[end - count * points : end], dtype=np.float64).reshape(count, points)
+    return float(np.median(block, axis=1).min())
+
+
+def after_excursion(fall: float, level_just_before: float, level_after: float, earlier: float | None, cfg: Settings) -> float:
+    """The fall of a candidate, judged against where the loss was before any excursion.
+
+    When the level just before the candidate stands half a drop or more above the lowest level
+    of the stretch before it (`earlier`: the loss rose there, in a blow-up, an excursion or an
+    up-shift), coming back down is the end of that excursion, and dips while it lasts are its
+    wandering: the fall counts only as far as the new level goes below that earlier level.
+    """
+    if earlier is None or level_just_before - earlier < -0.5 * math.log1p(-cfg.drop_threshold):
+        return fall
+    return min(fall, earlier - level_after)
+
+
+def epoch_window(c: int, epoch_start: int, cfg: Settings, first: bool = False) -> int:
+    """Points per window for the boundary test at c: a third of the epoch that ends there, up to
+    EPOCH_WINDOW_MAX points (the windows a person compares by eye), and at least `window`
+    points where the epoch holds two such windows besides its last point. At the `first`
+    boundary only `window` points: longer windows would reach into the early descent."""
+    points = c - epoch_start
+    short = min(cfg.window, (points - 1) // 2)
+    return short if first else min(max(short, points // 3), EPOCH_WINDOW_MAX)
+
+
+def epoch_span(k: int) -> int:
+    """Points from an epoch boundary that its test looks at: the boundary's first point, then
+    two windows of k."""
+    return 2 * k + 1
 
 
 def bump(Lcc, Lc, L):

@@ -29,7 +29,8 @@ from .core import (
 )
 from .rules import (
     EPOCH_MIN_POINTS,
-    FRESH_WINDOWS,
+    EPOCH_WINDOW_MAX,
+    EXCURSION_POINTS,
     FROZEN_LOSS_FLOOR,
     NOISE_POINTS,
     SPIKE_SPAN,
@@ -39,6 +40,7 @@ from .rules import (
     Settings,
     continues,
     epoch_crossing,
+    epoch_span,
     epoch_window,
     noise_scale,
     small_drop_hold,
@@ -64,11 +66,14 @@ class StreamingDetector:
 
     def __init__(self, **settings):
         self.cfg = cfg = Settings.from_kwargs(**settings)
-        self._keep = 5 * max(cfg.scales) + NOISE_POINTS + 4 * cfg.window + 16  # what the rules look back at
+        # What the rules look back at: an epoch test's windows and the stretch before them, or a
+        # drop candidate's; with the differences behind them that estimate the noise.
+        self._keep = 2 * EXCURSION_POINTS + max(4 * EPOCH_WINDOW_MAX, 5 * max(cfg.scales)) + NOISE_POINTS + 4 * cfg.window + 16
         self._y, self._m = [], []  # log-loss of valid points, and window medians
         self._ctx = {name: [] for name in self.CONTEXT}
         self._base = 0  # how many valid points have been dropped from the front of the lists
-        self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k) to test
+        self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k, first, old epoch's start) to test
+        self._crossings = 0  # epoch boundaries seen
         self._held = []  # small drops waiting until no full drop can come for them: (due, scale, found)
         self._seen = 0  # all points seen
         self._noise_cache: dict[int, float] = {}  # valid position -> noise scale before it
@@ -111,9 +116,9 @@ class StreamingDetector:
         events = []
         if self._epoch_pending is not None:
             c, k = self._epoch_pending[0] - self._base, self._epoch_pending[1]
-            self._epoch_pending = None
-            if len(self._y) >= c + k:
-                events += self._epoch_test(c, k, len(self._y), len(self._y) - 1)
+            pending, self._epoch_pending = self._epoch_pending, None
+            if len(self._y) >= c + k + 1:
+                events += self._epoch_test(c, k, len(self._y), len(self._y) - 1, *pending[2:])
         for (s, lag), cluster in sorted(self._clusters.items(), key=lambda item: (item[0][0], -item[0][1])):
             events += self._report_drop(close_cluster(cluster, self._y, self._ctx["step"], s, lag, self.cfg, len(self._y)))
         self._clusters = {}
@@ -169,12 +174,8 @@ class StreamingDetector:
         n, base = len(y), self._base  # n: list position of the next point; base + n: valid points seen
         events = self._spike(n - SPIKE_SPAN + 1) + self._epoch_boundary(n)
         for s in cfg.scales:
-            if 2 * s <= base + n - 2 * s < FRESH_WINDOWS * s:  # fresh phase: the right-hand trend counts too
+            if base + n - 2 * s >= 2 * s:  # candidate n - 2s: its new level and the stretch after it are in
                 events += self._drop_candidate(n - 2 * s, s, 2 * s)
-            elif (s, 2 * s) in self._clusters:  # the fresh phase is over; its last cluster closes in time
-                events += self._close_if_due(n - 2 * s, s, 2 * s)
-            if base + n - s >= max(FRESH_WINDOWS, 2) * s:
-                events += self._drop_candidate(n - s, s, s)
         return events + self._release_small_drops(base + n - 1)
 
     def _noise(self, c: int) -> float:
@@ -214,7 +215,7 @@ class StreamingDetector:
         cfg, path = self.cfg, (s, lag)
         events = self._close_if_due(c, s, lag)
         cluster = self._clusters.get(path)
-        kind, z, fall, L, R = candidates(c, lag, self._m, self._noise, self._ctx["epoch"], s, cfg)
+        kind, z, fall, L, R = candidates(c, lag, self._y, self._m, self._noise, self._ctx["epoch"], s, cfg, self._base)
         if not continues(kind, z, cfg):
             return events
         kind = int(kind)
@@ -230,20 +231,23 @@ class StreamingDetector:
         crossing = n >= 2 and epoch_crossing(epoch[n - 2], epoch[n - 1])
         if self._epoch_pending is not None:
             c, k = self._epoch_pending[0] - self._base, self._epoch_pending[1]
-            if crossing or n == c + 2 * k:
-                self._epoch_pending = None
-                if n - (crossing and n - 1 < c + 2 * k) >= c + k:
-                    events += self._epoch_test(c, k, n - 1 if crossing and n - 1 < c + 2 * k else n, n - 1)
+            if crossing or n == c + epoch_span(k):
+                pending, self._epoch_pending = self._epoch_pending, None
+                right_end = n - 1 if crossing and n - 1 < c + epoch_span(k) else n
+                if right_end >= c + k + 1:
+                    events += self._epoch_test(c, k, right_end, n - 1, *pending[2:])
         if crossing:
             c = n - 1
-            k = epoch_window(self._base + c, self._epoch_start, self.cfg)
-            self._epoch_start = self._base + c
+            self._crossings += 1
+            k = epoch_window(self._base + c, self._epoch_start, self.cfg, self._crossings == 1)
             if k >= EPOCH_MIN_POINTS:
-                self._epoch_pending = (self._base + c, k)
+                self._epoch_pending = (self._base + c, k, self._crossings == 1, self._epoch_start)
+            self._epoch_start = self._base + c
         return events
 
-    def _epoch_test(self, c: int, k: int, right_end: int, decided: int) -> list[Event]:
-        found = epoch_drop(c, k, self._y, self._noise(c), self._ctx["step"], right_end, decided, self.cfg)
+    def _epoch_test(self, c: int, k: int, right_end: int, decided: int, first: bool, epoch_start: int) -> list[Event]:
+        start = max(epoch_start - self._base, c - 2 * k - 1 - EXCURSION_POINTS)  # list position (see epoch_drop)
+        found = epoch_drop(c, k, self._y, self._noise(c), self._ctx["step"], right_end, decided, self.cfg, self._base, first, start)
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found, held: bool = False) -> list[Event]:

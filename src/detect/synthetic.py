@@ -10,11 +10,21 @@ logging, and optional epochs and eval rows. On top, one family of anomaly per cu
     zero_collapse  NaN hidden as 0.0 by the logger, to the end or for a window
     nan_window     literal NaN/inf losses for a window
     spikes         short upward excursions that return
-    sawtooth       group_by_length saw-tooth (strong: drops; mild: nothing to report)
+    sawtooth       group_by_length saw-tooth (oscillation: its falls may be reported, need not be)
     batch_change   gradient-accumulation / batch level shift (tokens per step changes)
     lr_step        step decay of the learning rate
     stall          loss frozen and grad_norm exactly 0 after an eval pass (bitsandbytes freeze)
     resume         resumed run that replays data: steps go back and the level falls
+
+Hard negatives, shapes of real logs that hold no drop (the detector must stay quiet on them):
+
+    excursion      a blow-up or a sustained rise of the level: the loss wanders high, with dips,
+                   for tens to hundreds of points, then comes back down to where it was
+    noisy_plateau  per-step logging on a long flat plateau: heavy-tailed noise whose volatility
+                   changes, and isolated 15-35% dips that come straight back
+    short_epochs   tens of epochs of about ten logged points, a smooth decline with epoch steps
+                   of a few percent and a one-point spike at the end of each epoch (a partial
+                   last batch); steps of 5% or more are don't-care (neither found nor missed)
 
 `smollm2_staircase` rebuilds the staircase measured on SmolLM2-135M (DESIGN.md): 6 epochs
 of 12 logged steps, epoch medians 1.5 -> 1.2 -> 0.95 -> 0.81 -> 0.75 -> 0.65, creeping up
@@ -33,7 +43,9 @@ import numpy as np
 
 from .formats import Curve
 
-FAMILIES = ("clean", "staircase", "zero_collapse", "nan_window", "spikes", "sawtooth", "batch_change", "lr_step", "stall", "resume")
+FAMILIES = ("clean", "staircase", "zero_collapse", "nan_window", "spikes", "sawtooth", "batch_change", "lr_step", "stall", "resume",
+            "excursion", "noisy_plateau", "short_epochs")
+HARD_NEGATIVES = ("excursion", "noisy_plateau", "short_epochs")
 FULL_DROP, SMALL_DROP = 0.17, 0.12  # true sizes: >= FULL_DROP must be a drop, <= SMALL_DROP must not
 
 
@@ -218,9 +230,11 @@ def _sawtooth(rng, base: _Base, case: Case) -> Case:
     amplitude = rng.uniform(0.25, 0.6) if strong else rng.uniform(0.01, 0.06)
     phase = np.arange(n) % period
     clean = base.clean + np.log1p(amplitude * phase / (period - 1))
-    if strong:
+    if strong:  # a periodic saw-tooth is oscillation, not drops: reporting its falls is not wrong either
         for i in range(period, n, period):
             _add_drop(case, i, 1 - math.exp(clean[i] - clean[i - 1]), "group_by_length")
+            if case.truth:
+                case.truth[-1].scored = False
     return _finish(case, base, clean + base.noise, epoch=base.step / base.step[-1])
 
 
@@ -285,6 +299,74 @@ def _resume(rng, base: _Base, case: Case) -> Case:
     case.curve = Curve.from_records(first_run + resumed, source="synthetic")
     _add_drop(case, start, size, "resume")
     return case
+
+
+def _excursion(rng, base: _Base, case: Case) -> Case:
+    n = len(base.step)
+    start = _anomaly_start(rng, n, 0.25, 0.6)
+    length = int(rng.integers(30, max(min(300, n - start - 40), 31)))
+    stop = min(start + length, n)
+    height = math.log(rng.uniform(1.4, 3.0))
+    inside = np.arange(stop - start)
+    # The level jumps (a blow-up) or ramps up over a few points (a sustained rise), wanders
+    # there with a larger noise, and relaxes back to the trend over a few points at the end.
+    ramp = np.minimum((inside + 1) / (1 if rng.random() < 0.5 else rng.integers(2, 10)), 1.0)
+    relax = np.minimum((stop - start - inside) / rng.integers(1, 8), 1.0)
+    wander = np.cumsum(rng.normal(0, 0.04, len(inside)))
+    wander -= np.linspace(0, wander[-1], len(inside))  # it comes back to where it was
+    y = base.clean + base.noise
+    y[start:stop] += height * ramp * relax + wander * relax + base.noise[start:stop] * rng.uniform(0.5, 1.5)
+    case.truth.append(Truth("spike", start, scored=False))  # a blow-up may read as a spike at its start
+    return _finish(case, base, y)
+
+
+def _noisy_plateau(rng, base: _Base, case: Case) -> Case:
+    n = max(len(base.step), 3000)
+    if n != len(base.step):
+        base = _base_curve(rng, n, 1)
+        case.steps_per_point = 1
+    # A fast descent, then a long flat plateau (a constant lr at a floor the model has reached).
+    settle = int(rng.integers(50, 300))
+    level = base.clean[settle]
+    clean = np.where(np.arange(n) < settle, base.clean, level)
+    sigma = np.full(n, rng.uniform(0.05, 0.15))
+    at = 0
+    while at < n:  # volatility regimes of 100-1000 points, up to 3x the calm one
+        span = int(rng.integers(100, 1000))
+        sigma[at : at + span] *= rng.choice([1.0, 1.0, rng.uniform(1.5, 3.0)])
+        at += span
+    noise = sigma * rng.standard_t(2.5, n) / math.sqrt(5.0)
+    dips = rng.choice(np.arange(settle + 10, n - 3), size=int(rng.integers(3, 3 + n // 1000)), replace=False)
+    y = clean + noise
+    for i in dips:  # one or two points well below, straight back
+        y[i : i + int(rng.integers(1, 3))] = clean[i] + math.log(1 - rng.uniform(0.15, 0.35))
+    epoch = np.arange(1, n + 1) / n
+    return _finish(case, _Base(base.step, clean, noise, base.lr, epoch, n), y, epoch=epoch)
+
+
+def _short_epochs(rng, base: _Base, case: Case) -> Case:
+    per_epoch = int(rng.integers(8, 14))
+    epochs = int(rng.integers(20, 60))
+    n = per_epoch * epochs
+    base = _base_curve(rng, n, case.steps_per_point)
+    epoch = base.step / (per_epoch * case.steps_per_point)
+    number = np.arange(n) // per_epoch
+    # Past the fine-tune's early descent (where nothing is scored): a smooth decline of the
+    # level over the run, with small epoch steps (a very fine staircase).
+    decline = np.log1p(-rng.uniform(0.1, 0.6)) * np.arange(n) / n
+    steps = np.concatenate([[0.0], np.cumsum(np.log1p(-rng.uniform(0.0, 0.08, epochs - 1)))])
+    clean = base.clean[-1] + decline + steps[number]
+    y = clean + base.noise
+    last = np.arange(per_epoch - 1, n - 1, per_epoch)  # the last point of each epoch: a partial batch
+    spiking = last[rng.random(len(last)) < rng.uniform(0.3, 1.0)]
+    y[spiking] += np.log(rng.uniform(1.2, 2.0, len(spiking)))
+    for i in spiking:
+        case.truth.append(Truth("spike", int(i), scored=False))
+    for i in range(per_epoch, n, per_epoch):  # a step of 5% or more of a fine staircase: don't care
+        if clean[i - 1] - clean[i] >= -math.log1p(-0.05):
+            case.truth.append(Truth("drop", i, "epoch_boundary", scored=False))
+    case.truth.sort(key=lambda t: t.index)
+    return _finish(case, _Base(base.step, clean, base.noise, base.lr, epoch, per_epoch), y, epoch=epoch)
 
 
 SMOLLM2_EPOCH_MEDIANS = (1.5, 1.2, 0.95, 0.81, 0.75, 0.65)
