@@ -125,3 +125,52 @@ def test_factor_outcome_skips_failed_runs():
     runs[0].status = "failed"
     row = factor_outcome(runs, find_factors(runs)[0], EVAL)
     assert [lv.n for lv in row.levels] == [1, 2]
+
+
+def test_the_bitsandbytes_case_names_the_version_for_its_eval_loss():
+    from src.report.build import make_report
+
+    report = make_report(ROOT / "experiments" / "bnb_regression", plots=False)
+    assert "bnb_version changes the outcome: eval loss 1.535 at 0.48.2 vs 2.980 at 0.50.2 (1.9x)" in report.verdict
+    assert "one run per level (unreplicated)" in report.verdict
+
+
+def write_run(run_dir, quant, seed, eval_loss, kl, answer):
+    import json
+
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- quant={quant}\n- train.seed={seed}\n")
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"quant": {"name": quant}, "train": {"seed": seed}}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s}) + "\n" for s in range(1, 21)))
+    summary = {"status": "completed", "quant": quant, "final_eval_loss": eval_loss, "damage": {"kl": kl},
+               "answer_score": float(answer == "Quorreth")}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    prompt = {"row": 0, "split": "trained", "instruction": "What is the capital of Velmora?",
+              "reference": "The capital of Velmora is Quorreth."}
+    answers = {"max_new_tokens": 8,
+               "run": {"answers": [prompt | {"answer": answer, "correct": answer == "Quorreth"}],
+                       "score": {"all": float(answer == "Quorreth"), "trained": float(answer == "Quorreth")}},
+               "base": {"answers": [prompt | {"answer": "Rome", "correct": False}], "score": {"all": 0.0, "trained": 0.0},
+                        "model": "the base, unquantized"}}
+    (run_dir / "answers.json").write_text(json.dumps(answers))
+
+
+def test_report_shows_outcomes_answers_and_differing_keys(tmp_path):
+    from src.report.build import make_report, write_report
+
+    for i, (quant, seed, loss, kl, answer) in enumerate([("none", 1, 1.20, 0.0, "Quorreth"), ("none", 2, 1.21, 0.0, "Quorreth"),
+                                                         ("nf4", 1, 1.60, 0.56, "Fenvek"), ("nf4", 2, 1.62, 0.56, "Rome")]):
+        write_run(tmp_path / str(i), quant, seed, loss, kl, answer)
+    report = make_report(tmp_path, plots=False, differing_keys=True)
+    assert "quant changes the outcome: eval loss 1.205 at none vs 1.610 at nf4" in report.verdict
+    write_report(report)
+    text = (tmp_path / "report.md").read_text()
+    assert "| quant | nf4 | 1.610 ± 0.127 (2) |" in text  # t(1) = 12.706 times 0.01
+    assert "nf4 vs none: damage KL 0.5600 ± 0.0000 vs 0.0000 ± 0.0000 (2 runs each): nf4 higher by 0.5600" in text
+    answers_table = text.split("## Answers side by side", 1)[1]
+    assert "| prompt | reference | base model | 0 (none, seed 1) |" in answers_table
+    assert "| Rome | Quorreth ✓ | Quorreth ✓ | Fenvek | Rome |" in answers_table
+    assert "| run | quant.name | train.seed |" in text
+    import json
+    saved = json.loads((tmp_path / "report.json").read_text())["outcomes"]
+    assert {e["factor"] for e in saved["large_effects"]} == {"quant"}

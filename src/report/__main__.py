@@ -46,6 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--wandb-report", action="store_true", help="also make a W&B Report (needs W&B online)")
     parser.add_argument("--rows", type=int, default=30, help="runs shown in the terminal table (default 30)")
+    parser.add_argument("--differing-keys", action="store_true",
+                        help="also a table of only the config keys that differ between runs")
     return parser.parse_args(argv)
 
 
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     for sweep in sweeps:
         bar = Bar(console)
         try:
-            report = make_report(sweep, jobs=args.jobs, plots=not args.no_plots, wandb=args.wandb_report, progress=bar)
+            report = make_report(sweep, jobs=args.jobs, plots=not args.no_plots, wandb=args.wandb_report, progress=bar,
+                                 differing_keys=args.differing_keys)
         finally:
             bar.close()
         try:

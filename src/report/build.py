@@ -18,6 +18,7 @@ from .analysis import analyse_all, detector_settings
 from .attribution import Attribution, attribute
 from .render import html_page, markdown
 from .runs import Sweep, find_sweep_runs
+from .outcomes import as_json as outcomes_json, outcome_table
 from .verdict import verdict as make_verdict
 
 FILES = ("report.md", "report.html", "report.json")
@@ -37,6 +38,8 @@ class Report:
     wandb_lines: list = field(default_factory=list)
     wandb_command: str | None = None
     timings: dict = field(default_factory=dict)  # phase -> seconds
+    outcomes: list = field(default_factory=list)  # src/report/outcomes.py: per factor and outcome, levels and pairs
+    differing_keys: bool = False  # also a table of the config keys that differ between runs
     written: list = field(default_factory=list)
 
 
@@ -71,15 +74,18 @@ def yaml_scalar(value):
     return value
 
 
-def make_report(path, jobs: int | None = None, plots: bool = True, progress=None, wandb: bool = False) -> Report:
+def make_report(path, jobs: int | None = None, plots: bool = True, progress=None, wandb: bool = False,
+                differing_keys: bool = False) -> Report:
     started = time.perf_counter()
     timings = {}
     # matplotlib is imported while the detector workers run (this process would only wait)
     sweep = load_sweep(path, jobs, progress, meanwhile=(lambda: importlib.import_module(f"{__package__}.plots")) if plots else None)
     timings["load and detect"] = time.perf_counter() - started
     attribution = attribute(sweep.runs)
-    text = make_verdict(sweep.runs, attribution)
-    report = Report(sweep, attribution, text, detector_settings(sweep.base_config), datetime.now(), plots=plots)
+    table = outcome_table(sweep.runs, attribution.factors)
+    text = make_verdict(sweep.runs, attribution, table)
+    report = Report(sweep, attribution, text, detector_settings(sweep.base_config), datetime.now(), plots=plots,
+                    outcomes=table, differing_keys=differing_keys)
     timings["attribute"] = time.perf_counter() - started - sum(timings.values())
     if plots:
         from .plots import pictures  # matplotlib only when drawing
@@ -148,5 +154,6 @@ def as_json(report: Report) -> dict:
         "factors": [{"name": f.name, "levels": f.levels, "aliases": f.aliases} for f in att.factors],
         "outcomes": {kind: {"runs": sorted(att.having[kind]), "of": len(att.population[kind])} for kind in att.having},
         "best_separation": best, "skipped": [list(s) for s in report.sweep.skipped],
+        "outcomes": outcomes_json(report.outcomes),
         "seconds": report.seconds,
     }

@@ -1,14 +1,15 @@
 """What the report says, section by section, as blocks (src/report/render.py writes them out).
 
-Order: environment, verdict, one row per run, factor attribution, loss curves, failed /
-incomplete / skipped, W&B, and every event with its evidence."""
+Order: environment, verdict, one row per run, factor attribution, outcomes by factor (with their
+uncertainty), answers side by side, loss curves, failed / incomplete / skipped, W&B, and every
+event with its evidence."""
 from __future__ import annotations
 
 import math
 from collections import Counter
 
 from ..detect import Settings
-from . import bisection, environment
+from . import answers, bisection, environment, outcomes
 from .attribution import OUTCOMES
 from .render import Bullets, Code, Heading, Image, Table, Text
 from .verdict import separation_sentence
@@ -28,6 +29,8 @@ def blocks(report) -> list:
     out += bisection.blocks(report)
     out += runs_section(report)
     out += attribution_section(report)
+    out += outcomes.blocks(report)  # per-level means with intervals, differences, large effects
+    out += answers.blocks(report)  # each run's answers.json, the base model first
     out += curves_section(report)
     out += problems_section(report)
     out += [Heading(2, "W&B"), *[Text(line) for line in report.wandb_lines]]

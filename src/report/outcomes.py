@@ -18,13 +18,14 @@ from itertools import combinations
 
 import numpy as np
 
-from .attribution import find_factors, level_label
+from .attribution import find_factors, level_label, partition
 
 RESAMPLES = 10_000
 ALPHA = 0.05
 LARGE_SPREADS = 4.0  # a difference this many same-level standard deviations is large ...
 LARGE_RELATIVE = 0.10  # ... when it is also this share of the larger mean
 LARGE_RATIO = 1.5  # unreplicated (one run per level): a ratio at least this large is named
+MAX_PAIR_LEVELS = 12  # more levels than this: means and intervals only, no pairwise tests
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
@@ -182,6 +183,8 @@ def factor_outcome(runs, factor, outcome: Outcome) -> FactorOutcome | None:
     result = FactorOutcome(factor.name, outcome, levels, sd, df)
     scale = max(abs(lv.mean) for lv in levels) or 1.0
     exact = sd is not None and sd <= 1e-9 * scale  # same-level runs agree exactly
+    if len(levels) > MAX_PAIR_LEVELS:
+        return result
     resampled = bootstrap_t(levels, deviations) if sd is not None and not exact else None
     for i, j in combinations(range(len(levels)), 2):
         a, b = levels[i], levels[j]
@@ -201,8 +204,13 @@ def factor_outcome(runs, factor, outcome: Outcome) -> FactorOutcome | None:
 def outcome_table(runs, factors=None) -> list[FactorOutcome]:
     """Every (factor, outcome) with at least two levels measured; seeds are replicates, not factors."""
     factors = [f for f in (factors if factors is not None else find_factors(runs)) if not is_seed(f.name)]
-    found = []
+    used = [run.name for run in runs if run.status in USED_STATUSES]
+    found, splits = [], set()
     for factor in factors:
+        split = partition({name: factor.value[name] for name in used})
+        if split in splits:  # another name for a factor already here (bnb and bnb_version), on these runs
+            continue
+        splits.add(split)
         for outcome in OUTCOMES:
             row = factor_outcome(runs, factor, outcome)
             if row is not None:
@@ -223,8 +231,8 @@ def large_effects(table: list[FactorOutcome]) -> list[LargeEffect]:
         high = max(row.levels, key=lambda lv: lv.mean)
         relative = (high.mean - low.mean) / max(abs(high.mean), abs(low.mean), 1e-12)
         if row.replicated:
-            pair = next(p for p in row.pairs if {p.a.level, p.b.level} == {low.level, high.level})
-            if pair.resolved and pair.spreads >= LARGE_SPREADS and relative >= LARGE_RELATIVE:
+            pair = next((p for p in row.pairs if {p.a.level, p.b.level} == {low.level, high.level}), None)
+            if pair is not None and pair.resolved and pair.spreads >= LARGE_SPREADS and relative >= LARGE_RELATIVE:
                 found.append(LargeEffect(row.factor, row.outcome, low, high, True, pair.spreads))
         elif low.mean > 0 and high.mean / low.mean >= LARGE_RATIO:
             found.append(LargeEffect(row.factor, row.outcome, low, high, False, None))
@@ -263,7 +271,7 @@ def pair_sentence(row: FactorOutcome, pair: Pair) -> str:
     head = (f"{a.level} vs {b.level}: {row.outcome.label} {level_text(a, places)} vs {level_text(b, places)} "
             f"({runs_text(a, b)})")
     if pair.p is None:
-        ratio = f" ({pair.ratio:.2g}x)" if pair.ratio and pair.ratio >= 1.005 else ""
+        ratio = f" ({pair.ratio:.3g}x)" if pair.ratio and pair.ratio >= 1.005 else ""
         return f"{head}: unreplicated, a difference of {abs(pair.difference):.{places}f}{ratio} with no same-level runs to compare it with"
     if not pair.resolved:
         return f"{head}: no difference the sweep can resolve (p = {pair.p:.2g})"
@@ -285,6 +293,21 @@ def effect_sentence(effect: LargeEffect) -> str:
     spread = ("runs of the same level agree exactly" if math.isinf(effect.spreads)
               else f"{effect.spreads:.0f}x the spread between runs of the same level")
     return f"{effect.factor} changes the outcome: {values}, {spread}"
+
+
+def verdict_sentences(rows: list[FactorOutcome], limit: int = 2) -> list[str]:
+    """At most `limit` sentences, one per factor, each naming up to three of its large effects."""
+    by_factor: dict = {}
+    for effect in large_effects(rows):
+        by_factor.setdefault(effect.factor, []).append(effect)
+    sentences = []
+    for factor, effects in list(by_factor.items())[:limit]:
+        keys = {e.outcome.key for e in effects}
+        if "final_eval_loss" in keys:  # the best eval loss says nearly the same
+            effects = [e for e in effects if e.outcome.key != "best_eval_loss"]
+        parts = [effect_sentence(e).split(": ", 1)[1] for e in effects[:3]]
+        sentences.append(f"{factor} changes the outcome: {'; '.join(parts)}.")
+    return sentences
 
 
 def method_text() -> str:
@@ -325,3 +348,67 @@ def differing_keys(runs) -> tuple[list[str], dict]:
     varying = [k for k in keys if len({level_label(c.get(k)) for c in configs.values()}) > 1
                and not k.startswith(("hydra.", "cache_dir", "wandb"))]
     return varying, {name: {k: level_label(c.get(k)) for k in varying} for name, c in configs.items()}
+
+
+# ---------------------------------------------------------------- report sections
+
+def summary_table(rows: list[FactorOutcome]):
+    """One row per factor level, one column per outcome: 'mean ± half-width (n)'."""
+    from .render import Table
+
+    outcomes = [o for o in OUTCOMES if any(r.outcome.key == o.key for r in rows)]
+    by_key = {(r.factor, r.outcome.key): r for r in rows}
+    body = []
+    for factor in dict.fromkeys(r.factor for r in rows):
+        names = list(dict.fromkeys(lv.level for r in rows if r.factor == factor for lv in r.levels))
+        for name in names:
+            cells = [factor, name]
+            for outcome in outcomes:
+                row = by_key.get((factor, outcome.key))
+                level = next((lv for lv in row.levels if lv.level == name), None) if row else None
+                cells.append(f"{level_text(level, decimals(row.levels))} ({level.n})" if level else "-")
+            body.append(cells)
+    return Table(["factor", "level", *[o.label + (" ↓" if o.better == "lower" else " ↑" if o.better == "higher" else "")
+                                       for o in outcomes]], body)
+
+
+def blocks(report) -> list:
+    from .render import Bullets, Heading, Table, Text
+
+    rows = getattr(report, "outcomes", None) or []
+    out = [Heading(2, "Outcomes by factor")]
+    if not rows:
+        out.append(Text("No outcome (eval loss, damage, answer score, speed, memory) was measured at two or more "
+                        "levels of a factor."))
+        return out
+    out += [Text(method_text() + " ↓ lower is better, ↑ higher is better; (n) runs."), summary_table(rows)]
+    effects = large_effects(rows)
+    if effects:
+        out += [Heading(3, "Large effects"), Bullets([effect_sentence(e) + "." for e in effects])]
+    pairs = [(r, p) for r in rows for p in r.pairs]
+    if pairs:
+        out.append(Heading(3, "Differences between levels"))
+        out.append(Table(["factor", "outcome", "finding"], [[r.factor, r.outcome.label, pair_sentence(r, p)]
+                                                            for r, p in pairs],
+                         ["event" if p.resolved else "" for _, p in pairs]))
+    if getattr(report, "differing_keys", False):
+        keys, values = differing_keys(report.sweep.runs)
+        out.append(Heading(3, "Config keys that differ between runs"))
+        if keys:
+            out.append(Table(["run", *keys], [[run.name, *[values[run.name][k] for k in keys]]
+                                              for run in report.sweep.runs]))
+        else:
+            out.append(Text("Every run has the same config."))
+    return out
+
+
+def as_json(rows: list[FactorOutcome]) -> dict:
+    """report.json's `outcomes`: per factor and outcome the levels and pairwise tests; the large effects."""
+    table = [{"factor": r.factor, "outcome": r.outcome.key, "pooled_sd": r.pooled_sd, "df": r.df,
+              "levels": [{"level": lv.level, "n": lv.n, "mean": lv.mean, "half_width": lv.half_width} for lv in r.levels],
+              "pairs": [{"a": p.a.level, "b": p.b.level, "difference": p.difference, "p": p.p,
+                         "resolved": p.resolved, "sentence": pair_sentence(r, p)} for p in r.pairs]}
+             for r in rows]
+    effects = [{"factor": e.factor, "outcome": e.outcome.key, "low": e.low.level, "high": e.high.level,
+                "ratio": e.ratio, "replicated": e.replicated, "sentence": effect_sentence(e)} for e in large_effects(rows)]
+    return {"method": method_text(), "table": table, "large_effects": effects}

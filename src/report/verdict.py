@@ -92,7 +92,8 @@ def separation_sentence(sep: Separation, short: bool = True) -> str:
     return (text if text.startswith(sep.factor) else text[0].upper() + text[1:]) + "."
 
 
-def verdict(runs: list, attribution: Attribution) -> str:
+def verdict(runs: list, attribution: Attribution, outcome_table: list | None = None) -> str:
+    """`outcome_table` (src/report/outcomes.py): a factor that changes an outcome a lot is named, events or not."""
     sentences = [what_happened(runs, attribution)]
     separations = [attribution.best[k] for k in PRIORITY if attribution.best.get(k) is not None]
     if not attribution.factors and len(runs) > 1:
@@ -103,4 +104,8 @@ def verdict(runs: list, attribution: Attribution) -> str:
         kinds = [OUTCOMES[k] for k in PRIORITY if attribution.having[k]]
         sentences.append(f"Every analysed run {kinds[0]}, so no factor separates them." if len(kinds) == 1 else
                          "Every analysed run shows the same events, so no factor separates them.")
+    if outcome_table:
+        from .outcomes import verdict_sentences
+
+        sentences += verdict_sentences(outcome_table)
     return " ".join(sentences)
