@@ -98,7 +98,7 @@ def test_streaming_and_offline_report_the_same_events(family):
 
 
 def test_streaming_decides_a_drop_within_a_few_windows():
-    # Typically `window` + 2 points; an epoch-boundary test waits for two windows of the new epoch.
+    # An epoch-boundary test waits for two windows of the new epoch; other drops for 2 `window` + 2 points.
     delays = []
     for seed in range(5):
         case = smollm2_staircase(seed=seed, noise=0.03)

@@ -10,17 +10,26 @@ boundary c (the first point at the new level) and a scale s:
     fall       = L - R, less what a trend or a bump explains        (rel_drop = 1 - exp(-fall))
 
 A drop needs a fall of at least drop_threshold (15%), at least `trend_ratio` times the
-change over the comparable stretch on either side that is known (a steady descent, or a
-bump that returns, explains itself), and at least min_score noise standard errors, the noise
-being a robust scale of the point-to-point differences just before c. Falls from
+change over the comparable stretch on either side (a steady descent, or a bump that returns,
+explains itself), and at least min_score noise standard errors. Falls from
 small_drop_threshold up are small drops. Candidates that pass form a cluster; the event goes
-to the best split inside it. A candidate is decided once R is complete (s points after it);
-in a fine-tune's first FRESH_WINDOWS windows, where the fast early descent is, it also waits
-for Rc and must beat the trend on the right too.
+to the best split inside it. Each rule below says which part of the definition of a drop it
+carries out:
+
+- the new level must hold: a candidate is decided only once Rc is in (2s points after it),
+  and the stretch after the new level must not climb back (|Rc - R| counts as trend);
+- the noise model expects heavy tails and changing volatility: levels are medians, and the
+  noise is the larger of two robust scales of the point-to-point differences, before c and
+  among the new level's points;
+- the way back down after a blow-up, an excursion or an up-shift is not a drop: where the
+  level before c stands above the lowest level of the stretch before it, the fall counts only
+  as far as the new level goes below that earlier level (after_excursion).
 
 Epoch boundaries, the best-known cause of drops, get their own test with windows inside the
-two epochs (memorisation makes each epoch creep up, then the next one starts lower) and need
-only epoch_min_score; the normal rule also relaxes to it where an epoch ends.
+two epochs, a third of an epoch long (memorisation makes each epoch creep up, then the next
+one starts lower); the windows skip the boundary's two points (the last batch of an epoch is
+often partial, an outlier). After the first boundary such a test needs only epoch_min_score;
+the normal rule also relaxes to it where an epoch ends.
 
 Spikes, stalls and non-finite losses have their own simple rules below.
 """

@@ -54,8 +54,8 @@ class StreamingDetector:
 
     `update(step, loss, epoch=, lr=, grad_norm=, eval_loss=, tokens=, step_time_s=)` returns
     the events decided with this point; `finish()` those still open at the end. A drop is
-    decided a fixed number of points after it happens (about `window` + 2 at the finest
-    scale); non-finite losses are reported at once (their `end_step` stays unknown), stalls
+    decided a fixed number of points after it happens (about 2 `window` + 2 at the finest
+    scale: the new level must hold; an epoch boundary two windows of the new epoch after it); non-finite losses are reported at once (their `end_step` stays unknown), stalls
     after `stall_points` points. An eval-only row is `update(step, None, eval_loss=x)`.
 
     It keeps the recent valid points in plain lists (fast to index) that drop their oldest

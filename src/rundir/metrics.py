@@ -72,15 +72,16 @@ class MetricsColumns:
         return len(self.line)
 
 
-def read_metrics(path) -> MetricsColumns:
-    """Read a metrics.jsonl (or any JSON lines file with these keys) into columns."""
+def read_metrics(path, chunk_bytes: int = CHUNK_BYTES) -> MetricsColumns:
+    """Read a metrics.jsonl (or any JSON lines file with these keys) into columns, decoding
+    about `chunk_bytes` of whole lines at a time."""
     parts, bad, last_bad, line_no = [], 0, False, 1
     with open(os.fspath(path), "rb") as f:
         carry = f.read(len(BOM))
         if carry == BOM:
             carry = b""
         while True:
-            block = f.read(CHUNK_BYTES)
+            block = f.read(chunk_bytes)
             data = carry + block
             if not block:
                 cut = len(data)
