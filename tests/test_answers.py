@@ -7,6 +7,20 @@ import pytest
 from src import answers, damage
 from src.models import load_model_and_tokenizer
 from tests.conftest import compose_config, read_summary, run_cli
+from tests.wandb_history import _records
+
+
+def wandb_summary(wandb_file) -> dict:
+    """The summary an offline W&B run would upload, read back from its .wandb file."""
+    from wandb.proto import wandb_internal_pb2
+
+    sent = {}
+    for raw in _records(wandb_file.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "summary":
+            sent |= {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.summary.update}
+    return sent
 
 
 @pytest.mark.parametrize("instruction, reference, terms", [
@@ -58,8 +72,9 @@ def test_greedy_answers_are_reproducible_and_base_answers_cached(tmp_path):
 
 
 @pytest.mark.slow  # a real job through the CLI on the tiny model: about 15 s
-def test_a_job_writes_answers_and_damage(tmp_path):
-    result = run_cli(["debug=default", "threads=1", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path}"])
+def test_a_job_writes_answers_and_damage_to_disk_and_wandb(tmp_path):
+    result = run_cli(["debug=default", "logger=wandb", "threads=1", f"hydra.run.dir={tmp_path / 'run'}",
+                      f"cache_dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-2000:]
     summary = read_summary(tmp_path / "run")
     assert summary["damage"]["kl"] > 0 and 0 < summary["damage"]["top1_agreement"] < 1
@@ -67,3 +82,6 @@ def test_a_job_writes_answers_and_damage(tmp_path):
     saved = json.loads((tmp_path / "run" / "answers.json").read_text())
     assert len(saved["run"]["answers"]) == len(saved["base"]["answers"]) == 6
     assert summary["answer_score"] == saved["run"]["score"]["all"]
+    [wandb_file] = (tmp_path / "run" / "wandb").glob("offline-run-*/*.wandb")
+    sent = wandb_summary(wandb_file)
+    assert sent["damage/kl"] == summary["damage"]["kl"] and sent["answer_score"] == summary["answer_score"]
