@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     verb, rest = argv[0], argv[1:]
     module = importlib.import_module(f"{__package__}.{VERBS[verb]}")
     if verb == "run":  # Hydra reads sys.argv itself
-        sys.argv = [f"dropsweep run", *rest]
-        module.main()
+        sys.argv = ["dropsweep run", *rest]
+        module.cli()
         return 0
     return module.main(rest) or 0
 

@@ -4,11 +4,13 @@ Hydra's state is read here and nowhere else: the job's run dir, name and group g
 bookkeeping (src/sweep.py) and to the launcher (src/launch.py), which trains it here or in a
 process of its own (src/train.py: `train(cfg, run_dir) -> summary`).
 """
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,5 +48,29 @@ def main(cfg: DictConfig) -> dict:
     return summary
 
 
+def cli() -> None:
+    """main() with Hydra's own errors (bad overrides, an unwritable output dir) as one sentence, exit 2."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let them reach us instead of Hydra's traceback printer
+    try:
+        main()
+    except HydraException as exc:  # before OSError: a missing config option is both
+        print(f"dropsweep: {_one_sentence(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        where = exc.filename or "the output dir"
+        print(f"dropsweep: cannot write {where} ({exc.strerror or exc}); point hydra.run.dir (or hydra.sweep.dir) "
+              f"at a writable place", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_sentence(text: str) -> str:
+    """Hydra's multi-line message as one line: 'Could not find 'quant/nf5'; available options in 'quant': fp4, ...'."""
+    text = text.split("Config search path:")[0].replace("In 'config': ", "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 2 and lines[1].endswith(":"):
+        return f"{lines[0].rstrip('.')}; {lines[1][0].lower()}{lines[1][1:-1]}: {', '.join(lines[2:])}"
+    return "; ".join(line.rstrip(".") for line in lines)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -129,8 +129,8 @@ class SweepStatus(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
             _State.lock = mf.acquire(sweep_dir / mf.LOCK, "a sweep")
         except mf.Busy as exc:
             print(f"dropsweep: {exc}; nothing was started", file=sys.stderr, flush=True)

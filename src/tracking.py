@@ -16,10 +16,12 @@ import contextlib
 import netrc
 import os
 import queue
+import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -107,6 +109,18 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
+def server_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the W&B server (WANDB_BASE_URL, default api.wandb.ai) cannot be reached, or None when it can:
+    a quick TCP connect, so a machine without network falls back to offline in seconds, not minutes."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"the W&B server {host}:{port} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
 class WandbLogger:
     """One W&B run per job; group = the sweep, name = the overrides that make the job unique.
 
@@ -124,7 +138,10 @@ class WandbLogger:
         mode = wandb_mode(logger_cfg.mode)
         init = dict(project=logger_cfg.project, entity=logger_cfg.entity, group=group, name=name, job_type="train",
                     tags=tags, dir=str(run_dir), reinit="finish_previous")
+        unreachable = server_unreachable() if mode == "online" else None
         try:
+            if unreachable:
+                raise ConnectionError(unreachable)
             self.run = wandb.init(mode=mode, **init, settings=wandb.Settings(
                 console="off", silent=True, init_timeout=self.INIT_TIMEOUT_S))
         except Exception as exc:

@@ -154,6 +154,9 @@ class _Job:
         except (Stopped, KeyboardInterrupt) as exc:
             self.summary["status"] = "stopped"
             self.summary["stop_reason"] = str(exc) or "interrupted (Ctrl-C)"
+        except OSError as exc:  # a full disk or a vanished file system while saving (the adapter, the Trainer's files)
+            what = Path(exc.filename).name if exc.filename else "the adapter or the Trainer's files"
+            self._fail(f"{(exc.strerror or str(exc)).lower()} writing {what} (in {self.run_dir})")
         except Exception as exc:
             with contextlib.suppress(OSError):
                 (self.run_dir / "error.log").write_text(traceback.format_exc())

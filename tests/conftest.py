@@ -52,7 +52,8 @@ def run_cli(args, cwd=ROOT, env=None, timeout=600, module="src.run"):
     """`python -m src.run ARGS` as a user types it; returns the CompletedProcess."""
     full_env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
     full_env.pop("WANDB_API_KEY", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env | (env or {}),
+    full_env = {k: v for k, v in (full_env | (env or {})).items() if v is not None}  # None: unset it
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

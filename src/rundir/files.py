@@ -4,6 +4,7 @@ readers that never raise on a half-written or foreign file, and what a summary r
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -52,6 +53,14 @@ def write_json(path: Path, data: Any) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if exc.errno == errno.ENOSPC and path.exists():  # a full disk: the old file's own space still fits the new
+            try:
+                with open(path, "r+") as f:
+                    f.truncate(0)
+                    f.write(text)
+                return
+            except OSError:
+                pass
         raise WriteError(describe_os_error(exc, path)) from exc
 
 
