@@ -49,6 +49,7 @@ def test_a_real_bisection_names_the_first_bad_release_in_log2_probes(tiny_bisect
         summary = read_summary(sweep_dir / str(k))
         assert summary["bnb_version"] == version and manifest["jobs"][str(k)]["bnb_version"] == version
         assert summary["status"] == ("completed" if version == "0.48.2" else "failed")
+    assert "[bisect] bitsandbytes 0.48.2: good - the reference: no drop, stall, spike or non-finite loss" in result.stdout
     report = (sweep_dir / "report.md").read_text()
     assert "## Bisection" in report and state["answer"] in report
     assert "| 0.49.1 | not needed: the search settled without it |" in report or "0.49.1" in state["probes"]

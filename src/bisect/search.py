@@ -104,7 +104,7 @@ def next_step(state: dict, done: list[Probe]) -> str | dict:
     if worst.bad is False:
         return {"outcome": "no change", "first_bad": None, "last_good": bad,
                 "answer": f"No release from {good} to {bad} changes the verdict: {package} {bad} behaves like "
-                          f"{good} under '{verdict.spec}' ({worst.evidence})."}
+                          f"{good} under '{verdict.spec}': {worst.evidence}."}
     order = {v: i for i, v in enumerate(state["candidates"])}
     hi = min(order[p.version] for p in done if p.bad)
     lo = max(order[p.version] for p in done if p.bad is False and order[p.version] < hi)

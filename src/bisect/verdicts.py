@@ -81,8 +81,9 @@ class Observation:
 
     def findings(self) -> str:
         if self.status != "completed":
-            return f"{self.status} ({self.error})" if self.error else self.status
-        return ", ".join(sorted(self.kinds)) or "no drop, stall, spike or non-finite loss"
+            return f"{self.status} ({self.error.rstrip('.')})" if self.error else self.status
+        firsts = [next(e for e in self.events if e["kind"] == kind) for kind in EVENT_KINDS if kind in self.kinds]
+        return ", ".join(f"{e['kind']} at step {e['step']}" for e in firsts) or "no drop, stall, spike or non-finite loss"
 
 
 def observe(run_dir: Path) -> Observation | None:
@@ -145,10 +146,10 @@ def judge(verdict: Verdict, obs: Observation, reference: Observation | None) -> 
             f"{obs.status} ({_losses(obs)})"
     if verdict.kind == "findings":
         if reference is None:
-            return False, f"the good end: {obs.findings()}"
+            return False, f"the reference: {obs.findings()}, {_losses(obs)}"
         differs = _signature(obs) != _signature(reference)
         if not differs:
-            return False, f"same findings as the good end: {obs.findings()} ({_losses(obs)})"
+            return False, f"same findings as the good end ({obs.findings()}), {_losses(obs)}"
         return True, _difference(obs, reference)
     if failed:
         return None, f"the job {obs.status} ({(obs.error or '').rstrip('.')}), so its curve cannot say"
