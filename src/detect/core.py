@@ -35,6 +35,7 @@ from .rules import (
     epoch_shape,
     epoch_span,
     after_excursion,
+    combined_noise,
     epoch_window,
     level,
     level_before_excursion,
@@ -59,7 +60,7 @@ def detect(curve, **settings) -> list[Event]:
     index = np.flatnonzero(np.isfinite(loss) & (loss > 0))
     y = np.log(loss[index])
     m = window_medians(y, cfg.window)
-    noise = NoiseBefore(np.abs(np.diff(y)))
+    noise = NoiseBefore(np.diff(y))
     steps, epoch = curve.step[index], curve.epoch[index]
     events += spikes(y, m, noise, steps, cfg, index)
     found = epoch_drops(y, noise, epoch, steps, cfg)
@@ -81,19 +82,13 @@ def detect(curve, **settings) -> list[Event]:
 
 class NoiseBefore:
     """noise(c): the noise scale from the differences among the NOISE_POINTS points before
-    each candidate c (fewer near the start of the curve)."""
+    each candidate c (fewer near the start of the curve). `diffs` are y[j+1] - y[j]."""
 
     def __init__(self, diffs: np.ndarray):
         self.diffs = diffs
-        # Near the start the window is all the differences so far, max(c - 1, 1) of them:
-        # the median of each such prefix (padding sorts last; the same value np.median gives).
-        count = min(NOISE_POINTS, len(diffs) + 1)
-        sizes = np.maximum(np.arange(count) - 1, 1)
-        j = np.arange(max(count - 1, 1))
-        head = np.sort(np.where(j[None, :] < sizes[:, None], diffs[np.minimum(j, len(diffs) - 1)] if len(diffs) else 0.0, np.inf), axis=1)
-        rows = np.arange(count)
-        median = (head[rows, (sizes - 1) // 2] + head[rows, sizes // 2]) * 0.5
-        self.head = np.maximum(median * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
+        # Near the start the window is all the differences so far, max(c - 1, 1) of them.
+        count = min(NOISE_POINTS, len(diffs) + 1) if len(diffs) else 0
+        self.head = np.array([noise_scale(diffs[: max(c - 1, 1)]) for c in range(count)])
 
     def __call__(self, c) -> np.ndarray:
         c = np.atleast_1d(c)
@@ -165,18 +160,19 @@ def candidates(c, lag: int, y, m, noise, epoch, s: int, cfg: Settings, origin: i
         # The same numbers as judge(), for many candidates at once; judge() then decides the
         # few that pass with the noise alone.
         after = noise_scale(sliding_window_view(noise.diffs, lag - 1)[c[at]])
-        sigma = np.maximum(noise(c[at]), after)
+        before_c = noise(c[at])
+        sigma = combined_noise(before_c, after)
         z[at] = fall[at] / (sigma * score_scale(s))
         boundary = epoch_crossing(epoch[c[at] - 2], epoch[c[at] + 1])
         for j in np.flatnonzero(drop_kind(fall[at], z[at], boundary, cfg)).tolist():
             i = int(at[j])
-            kind[i], z[i], fall[i], before[i], _ = judge(int(c[i]), lag, y, float(fall[i]), float(L[i]), float(R[i]), float(sigma[j]), epoch, s, cfg, origin)
+            kind[i], z[i], fall[i], before[i], _ = judge(int(c[i]), lag, y, float(fall[i]), float(L[i]), float(R[i]), float(before_c[j]), epoch, s, cfg, origin)
     return kind, z, fall, before, R
 
 
 def judge(c: int, lag: int, y, fall: float, L: float, R: float, sigma: float, epoch, s: int, cfg: Settings, origin: int):
     """(kind, z, fall, level before, level after) of one plausible candidate."""
-    sigma = max(sigma, noise_after(y, c, lag))
+    sigma = combined_noise(sigma, noise_after(y, c, lag))
     z = fall / (sigma * score_scale(s))
     boundary = epoch_crossing(float(epoch[c - 2]), float(epoch[c + 1]))
     kind = int(drop_kind(fall, z, boundary, cfg))
@@ -237,10 +233,10 @@ def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: 
     Lc, L = window_median(y[c - 2 * k - 1 : c - k - 1]), window_median(y[c - k - 1 : c - 1])
     R = window_median(y[c + 1 : c + k + 1])
     Rc = window_median(y[c + k + 1 : c + 2 * k + 1]) if right_end >= c + epoch_span(k) else None
-    fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg, first)
+    fall, before, after, plausible = epoch_shape(Lc, L, R, Rc, cfg)
     if not plausible:
         return None
-    sigma = max(sigma, noise_after(y, c + 1, min(right_end, c + epoch_span(k)) - c - 1))
+    sigma = combined_noise(sigma, noise_after(y, c + 1, min(right_end, c + epoch_span(k)) - c - 1))
     z = float(fall / (sigma * score_scale(k)))
     kind = int(drop_kind(fall, z, not first, cfg))
     if kind:

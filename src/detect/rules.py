@@ -18,9 +18,9 @@ carries out:
 
 - the new level must hold: a candidate is decided only once Rc is in (2s points after it),
   and the stretch after the new level must not climb back (|Rc - R| counts as trend);
-- the noise model expects heavy tails and changing volatility: levels are medians, and the
-  noise is the larger of two robust scales of the point-to-point differences, before c and
-  among the new level's points;
+- the noise model expects heavy tails, trends and changing volatility: levels are medians;
+  the noise is a robust scale of the point-to-point differences about their median (a
+  steady descent is no noise), before c and among the new level's points, combined;
 - the way back down after a blow-up, an excursion or an up-shift is not a drop: where the
   level before c stands above the lowest level of the stretch before it, the fall counts only
   as far as the new level goes below that earlier level (after_excursion).
@@ -156,9 +156,12 @@ def level(m, start, parts: int, w: int):
     return total / parts
 
 
-def noise_scale(abs_diffs: np.ndarray) -> np.ndarray:
-    """Robust noise standard deviation from |y[j+1] - y[j]| (last axis): MAD / sqrt(2)."""
-    return np.maximum(np.median(abs_diffs, axis=-1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
+def noise_scale(diffs: np.ndarray) -> np.ndarray:
+    """Robust noise standard deviation from the differences y[j+1] - y[j] (last axis): their
+    median absolute deviation from their median, / sqrt(2). A steady descent shifts them all
+    alike: it is the trend, not noise."""
+    middle = np.median(diffs, axis=-1, keepdims=True)
+    return np.maximum(np.median(np.abs(diffs - middle), axis=-1) * (1.4826 / math.sqrt(2.0)), NOISE_FLOOR)
 
 
 def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
@@ -181,22 +184,20 @@ def drop_shape(Lcc, Lc, L, R, cfg: Settings, Rc=None):
     return _shape(L, R, change, descent + bump(Lcc, Lc, L), cfg)
 
 
-def epoch_shape(Lc, L, R, Rc, cfg: Settings, first: bool = False):
+def epoch_shape(Lc, L, R, Rc, cfg: Settings):
     """(fall, level_before, level_after, plausible) at a boundary between epochs, with windows
     inside the two epochs (Rc may be None: the new epoch is too short, or the curve ends).
 
     A memorising epoch creeps up, so its window medians understate how much lower the new
     epoch starts than the old one ended: where the loss rises inside an epoch, the levels are
     carried from the window centres to the boundary along that rise. A descent inside the
-    epochs is the trend: it counts as the comparable change and is subtracted, as in
-    drop_shape; except on the left of the `first` boundary, where it may be the fresh
-    fine-tune's early descent.
+    epochs is the trend (at the first boundary, the fine-tune's early descent): it counts as
+    the comparable change and is subtracted, as in drop_shape.
     """
     rise_left = positive(L - Lc)
     rise_right = 0.0 if Rc is None else positive(Rc - R)
-    left = rise_left if first else abs(L - Lc)
-    change = left if Rc is None else larger(left, abs(Rc - R))
-    descent = 0.0 if first else positive(Lc - L)
+    change = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
+    descent = positive(Lc - L)
     if Rc is not None:
         descent = larger(descent, positive(R - Rc))
     after = R - rise_right * 0.5
@@ -205,9 +206,16 @@ def epoch_shape(Lc, L, R, Rc, cfg: Settings, first: bool = False):
     return fall, after + fall, after, plausible
 
 
+def combined_noise(before, after):
+    """The noise of a level difference whose two sides have these noise scales (the volatility
+    may change at the candidate): the root mean square of the two, but never less than the
+    scale before (a quieter new level, frozen or rounded, is no evidence of a drop)."""
+    return np.maximum(np.sqrt((before * before + after * after) * 0.5), before)
+
+
 def noise_after(y, c: int, points: int) -> float:
     """The noise scale among the `points` points from c (the new level), as noise_scale."""
-    return float(noise_scale(np.abs(np.diff(np.asarray(y[c : c + points], dtype=np.float64)))))
+    return float(noise_scale(np.diff(np.asarray(y[c : c + points], dtype=np.float64))))
 
 
 def level_before_excursion(y, end: int, points: int, origin: int = 0) -> float | None:

@@ -184,7 +184,7 @@ class StreamingDetector:
         key = self._base + c
         sigma = self._noise_cache.get(key)
         if sigma is None:
-            sigma = float(noise_scale(np.abs(np.diff(self._y[max(c - NOISE_POINTS, 0) : c]))))
+            sigma = float(noise_scale(np.diff(self._y[max(c - NOISE_POINTS, 0) : c])))
             if len(self._noise_cache) >= 4 * max(self.cfg.scales):
                 del self._noise_cache[next(iter(self._noise_cache))]
             self._noise_cache[key] = sigma
