@@ -128,6 +128,8 @@ def test_verdicts_parse_what_a_user_types_and_refuse_the_rest():
     metric = verdicts.parse("eval_loss>10%")
     assert (metric.metric, metric.threshold, metric.spec) == ("eval_loss", 0.1, "eval_loss>10%")
     assert verdicts.parse("final_loss>0.05").threshold == 0.05
+    small = verdicts.parse("final_loss>0.1%")
+    assert small.spec == "final_loss>0.1%" and verdicts.parse(small.spec).threshold == small.threshold == 0.001
     for wrong in ("eval_loss>", "lr>10%", "stalls?"):
         with pytest.raises(BisectError, match="is not a verdict dropsweep knows"):
             verdicts.parse(wrong)

@@ -95,6 +95,9 @@ def next_step(state: dict, done: list[Probe]) -> str | dict:
     if ref.bad:
         return _refused(f"the good end, {package} {good}, already {verdict.verb} ({ref.evidence}); "
                         f"pick an older --good")
+    if ref.bad is None and ref.obs.status in ("completed", "stopped"):
+        return _refused(f"the good end, {package} {good}, gives nothing to judge the others against ({ref.evidence}); "
+                        f"pick another --verdict")
     if ref.obs.status not in ("completed", "stopped"):
         return _refused(f"the good end, {package} {good}, {ref.obs.status} ({(ref.obs.error or '').rstrip('.')}); a "
                         f"bisection needs a good end that runs, so fix the run's overrides first")

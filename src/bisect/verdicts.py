@@ -36,8 +36,13 @@ class Verdict:
         if self.kind == "event":
             return VERBS[self.event]
         if self.kind == "metric":
-            return f"moves the {METRICS[self.metric]} more than {self.threshold:.0%} from the good end's"
+            return f"moves the {METRICS[self.metric]} more than {percent(self.threshold)} from the good end's"
         return VERBS[self.kind]
+
+
+def percent(fraction: float) -> str:
+    """0.1 -> '10%', 0.001 -> '0.1%' (and back through parse)."""
+    return f"{round(fraction * 100, 6):g}%"
 
 
 def parse(spec: str) -> Verdict:
@@ -55,7 +60,7 @@ def parse(spec: str) -> Verdict:
         number = float(Fraction(match.group(2)))
         threshold = number / 100 if match.group(3) or number >= 1 else number
         if threshold > 0:
-            return Verdict(f"{match.group(1)}>{threshold:.0%}", "metric", metric=match.group(1), threshold=threshold)
+            return Verdict(f"{match.group(1)}>{percent(threshold)}", "metric", metric=match.group(1), threshold=threshold)
     raise BisectError(f"--verdict {spec} is not a verdict dropsweep knows; use {HELP}.")
 
 
@@ -161,9 +166,13 @@ def judge(verdict: Verdict, obs: Observation, reference: Observation | None) -> 
             (False, f"grad_norm never stays at 0 ({_losses(obs)})")
     ours, theirs = _metric(obs, verdict.metric), _metric(reference, verdict.metric) if reference else None
     name = METRICS[verdict.metric]
-    if ours is None or theirs is None or not math.isfinite(ours):
-        return (None, f"no finite {name} to compare") if ours is None or reference is None or theirs is None else \
-            (True, f"{name} {ours}")
+    if reference is None:  # the good end itself: what the others are measured against
+        return (False, f"the reference: {name} {ours:.4g}") if ours is not None and math.isfinite(ours) else \
+            (None, f"no finite {name} to compare against")
+    if ours is None or theirs is None:
+        return None, f"no {name} to compare"
+    if not math.isfinite(ours):
+        return True, f"{name} {ours} where the good end had {theirs:.4g}"
     apart = abs(ours - theirs) / abs(theirs) if theirs else math.inf
     return apart > verdict.threshold, f"{name} {ours:.4g} vs {theirs:.4g} at the good end ({apart:.1%} apart)"
 
