@@ -105,12 +105,14 @@ def drops_at_scale(y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tup
     decided are positions in the valid series. A candidate is judged with the stretch after
     its new level too (the new level must hold), so it is decided 2s points after it."""
     first, stop = 2 * s, len(y) - 2 * s + 1
-    return scan(np.arange(first, stop), 2 * s, y, m, noise, epoch, steps, s, cfg) if stop > first else []
+    if stop <= first:
+        return []
+    return scan(np.arange(first, stop), 2 * s, y, level_series(m, s // cfg.window, cfg.window), noise, epoch, steps, s, cfg)
 
 
-def scan(c, lag: int, y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+def scan(c, lag: int, y, levels, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
     """Evaluate candidates c (in order) and group those that pass into clusters."""
-    kind, z, fall, L, R = candidates(c, lag, y, m, noise, epoch, s, cfg)
+    kind, z, fall, L, R = candidates(c, lag, y, levels, noise, epoch, s, cfg)
     out, cluster, refractory = [], None, -1
     for i in np.flatnonzero(continues(kind, z, cfg)).tolist():  # few: most candidates fail
         ci = int(c[i])
@@ -126,29 +128,30 @@ def scan(c, lag: int, y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[
     return out
 
 
-def candidates(c, lag: int, y, m, noise, epoch, s: int, cfg: Settings, origin: int = 0):
+def candidates(c, lag: int, y, levels, noise, epoch, s: int, cfg: Settings, origin: int = 0):
     """(kind, z, fall, level before, level after) of candidate(s) c, kind 0 where they fail.
-    Shared by both faces: offline passes arrays, the streaming face one candidate; `noise(c)`
-    gives the noise scale before c, `origin` how many valid points precede y[0].
+    Shared by both faces: offline passes a run of consecutive candidates, the streaming face one;
+    `levels[j]` is the level of the s points from j (level_series), `noise(c)` the noise scale
+    before c, `origin` how many valid points precede y[0].
 
-    The noise is the larger of the scales before c and among the new level's points (the
-    volatility may change there); a candidate that passes is then judged against the level
-    before any excursion (after_excursion)."""
-    parts, w = s // cfg.window, cfg.window
+    The noise combines the scales before c and among the new level's points (the volatility
+    may change there); a candidate that passes is then judged against the level before any
+    excursion (after_excursion)."""
     if isinstance(c, int):
-        at_level = lambda start: level(m, start, parts, w)  # noqa: E731
-    else:  # c is a run of consecutive candidates: the levels are slices of one series
-        series, first, count = level_series(m, parts, w), int(c[0]), len(c)
-        at_level = lambda start: series[int(start[0]) : int(start[0]) + count]  # noqa: E731
-    L, Lc, R = at_level(c - s), at_level(c - 2 * s), at_level(c)
-    Rc = at_level(c + s) if lag > s else None
-    if isinstance(c, int):
-        Lcc = at_level(c - 3 * s) if c >= 3 * s else Lc
-    else:
+        L, R = levels[c - s], levels[c]
+        if L - R < cfg.small_fall:  # not even a small drop: the common case, kept cheap
+            return 0, 0.0, 0.0, 0.0, R
+        Lc = levels[c - 2 * s]
+        Rc = levels[c + s] if lag > s else None
+        Lcc = levels[c - 3 * s] if c >= 3 * s else Lc
+    else:  # the levels of consecutive candidates are slices of the series
+        first, count = int(c[0]), len(c)
+        L, Lc, R = (levels[first + k : first + k + count] for k in (-s, -2 * s, 0))
+        Rc = levels[first + s : first + s + count] if lag > s else None
         Lcc = Lc.copy()
         known = max(3 * s - first, 0)  # candidates with a whole stretch three back
         if known < count:
-            Lcc[known:] = series[first + known - 3 * s : first + count - 3 * s]
+            Lcc[known:] = levels[first + known - 3 * s : first + count - 3 * s]
     fall, before, plausible = drop_shape(Lcc, Lc, L, R, cfg, Rc)
     if isinstance(c, int):
         if not plausible:  # the common case, kept cheap for the streaming face

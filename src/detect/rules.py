@@ -81,6 +81,11 @@ class Settings:
         return cls(**settings)
 
     @property
+    def small_fall(self) -> float:
+        """The smallest fall that is a small drop, in log units."""
+        return -math.log1p(-self.small_drop_threshold)
+
+    @property
     def scales(self) -> tuple[int, ...]:
         return (self.window, 2 * self.window, 4 * self.window)
 

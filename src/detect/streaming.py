@@ -42,6 +42,7 @@ from .rules import (
     epoch_crossing,
     epoch_span,
     epoch_window,
+    level,
     noise_scale,
     small_drop_hold,
     spike_rule,
@@ -70,6 +71,7 @@ class StreamingDetector:
         # drop candidate's; with the differences behind them that estimate the noise.
         self._keep = 2 * EXCURSION_POINTS + max(4 * EPOCH_WINDOW_MAX, 5 * max(cfg.scales)) + NOISE_POINTS + 4 * cfg.window + 16
         self._y, self._m = [], []  # log-loss of valid points, and window medians
+        self._levels = {s: [] for s in cfg.scales}  # per scale: level(m, j, s // window, window) for each j
         self._ctx = {name: [] for name in self.CONTEXT}
         self._base = 0  # how many valid points have been dropped from the front of the lists
         self._epoch_start, self._epoch_pending = 0, None  # where the current epoch began; (boundary, k, first, old epoch's start) to test
@@ -170,13 +172,22 @@ class StreamingDetector:
         context["step_time_s"].append(_number(ctx.get("step_time_s")))
         context["index"].append(self._seen)
         if len(y) >= w:
-            self._m.append(window_median(y[-w:]))
+            m = self._m
+            m.append(window_median(y[-w:]))
+            for s, levels in self._levels.items():
+                j = len(m) - 1 - (s - w)  # the newest stretch of s points: windows j, j + w, ...
+                if j >= 0:
+                    levels.append(level(m, j, s // w, w))
         n, base = len(y), self._base  # n: list position of the next point; base + n: valid points seen
         events = self._spike(n - SPIKE_SPAN + 1) + self._epoch_boundary(n)
+        small, clusters = cfg.small_fall, self._clusters
         for s in cfg.scales:
-            if base + n - 2 * s >= 2 * s:  # candidate n - 2s: its new level and the stretch after it are in
-                events += self._drop_candidate(n - 2 * s, s, 2 * s)
-        return events + self._release_small_drops(base + n - 1)
+            c = n - 2 * s  # the candidate whose new level and the stretch after it are in
+            if base + c >= 2 * s:
+                levels = self._levels[s]
+                if levels[c - s] - levels[c] >= small or (s, 2 * s) in clusters:  # else nothing to do (see candidates)
+                    events += self._drop_candidate(c, s, 2 * s)
+        return events + self._release_small_drops(base + n - 1) if self._held else events
 
     def _noise(self, c: int) -> float:
         """The noise scale before list position c (as NoiseBefore offline); scales and paths
@@ -215,7 +226,7 @@ class StreamingDetector:
         cfg, path = self.cfg, (s, lag)
         events = self._close_if_due(c, s, lag)
         cluster = self._clusters.get(path)
-        kind, z, fall, L, R = candidates(c, lag, self._y, self._m, self._noise, self._ctx["epoch"], s, cfg, self._base)
+        kind, z, fall, L, R = candidates(c, lag, self._y, self._levels[s], self._noise, self._ctx["epoch"], s, cfg, self._base)
         if not continues(kind, z, cfg):
             return events
         kind = int(kind)
@@ -284,6 +295,8 @@ class StreamingDetector:
     def _forget(self, count: int):
         """Drop the oldest `count` valid points; list positions shift down by `count`."""
         del self._y[:count], self._m[:count]
+        for levels in self._levels.values():
+            del levels[:count]
         for values in self._ctx.values():
             del values[:count]
         self._base += count
@@ -300,6 +313,8 @@ class StreamingDetector:
             for values in (self._y, *self._ctx.values()):
                 values.pop()
         del self._m[max(len(self._y) - self.cfg.window + 1, 0) :]
+        for s, levels in self._levels.items():
+            del levels[max(len(self._m) - s + self.cfg.window, 0) :]
         self._kept = deque((k for k in self._kept if k[1] < len(self._y)), maxlen=self._kept.maxlen)
         self._held = [h for h in self._held if h[2][1] < self._base + len(self._y)]
         if self._epoch_pending is not None and self._epoch_pending[0] >= self._base + len(self._y):
