@@ -1,5 +1,6 @@
 """Version bisection: a real, short bisection of bitsandbytes on the tiny model (each probe a job of
-one sweep dir, resumable, reported), and the one-sentence refusals of input it cannot start from."""
+one sweep dir, resumable, reported), and the one-sentence refusals of input it cannot start from.
+Tests that read the package index or install from it are `system`; those that train are `slow` too."""
 import math
 
 import pytest
@@ -34,6 +35,7 @@ def tiny_bisection(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_real_bisection_names_the_first_bad_release_in_log2_probes(tiny_bisection):
     sweep_dir, result = tiny_bisection
     state = state_of(sweep_dir)
@@ -57,6 +59,7 @@ def test_a_real_bisection_names_the_first_bad_release_in_log2_probes(tiny_bisect
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_an_interrupted_bisection_resumes_without_training_finished_probes_again(tiny_bisection):
     sweep_dir, first = tiny_bisection
     state = state_of(sweep_dir)
@@ -77,6 +80,7 @@ def test_an_interrupted_bisection_resumes_without_training_finished_probes_again
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_good_end_that_already_shows_the_anomaly_is_refused_and_leaves_nothing(tmp_path):
     sweep_dir = tmp_path / "bisect"
     result = bisect("bitsandbytes", "--good", "0.49.0", "--bad", "0.50.2", "--verdict", "fails", "--dir",
@@ -88,20 +92,25 @@ def test_a_good_end_that_already_shows_the_anomaly_is_refused_and_leaves_nothing
     assert not sweep_dir.exists()
 
 
+INDEX = pytest.mark.system  # the refusal needs the package index's list of releases
+
+
 @pytest.mark.parametrize("args, sentence", [
     (["numpy", "--good", "1.0.0", "--bad", "2.0.0"],
      "numpy is not a package dropsweep can bisect; use one of bitsandbytes, peft, transformers, accelerate."),
-    (["bitsandbytes", "--good", "0.48.2", "--bad", "0.51.7"],
-     "bitsandbytes 0.51.7 does not exist on the package index; nearby releases are 0.50.0, 0.50.1, 0.50.2."),
-    (["bitsandbytes", "--good", "0.48.2", "--bad", "0.48.2"],
-     "--good and --bad are both bitsandbytes 0.48.2; give two different releases."),
-    (["bitsandbytes", "--good", "0.50.2", "--bad", "0.48.2"],
-     "--good 0.50.2 is newer than --bad 0.48.2; the good end must be the older release (swap them)."),
-    (["bitsandbytes", "--good", "0.43.0", "--bad", "0.45.5"],
-     "no release of bitsandbytes from 0.43.0 to 0.45.5 can run here, so pick another range; the first one says: "
-     "bnb=0.43.0 has no CPU kernels"),
-    (["bitsandbytes", "--good", "0.45.0", "--bad", "0.48.2"], "the good end cannot run here: bnb=0.45.0 has no CPU "
-                                                              "kernels"),
+    pytest.param(["bitsandbytes", "--good", "0.48.2", "--bad", "0.51.7"],
+                 "bitsandbytes 0.51.7 does not exist on the package index; nearby releases are 0.50.0, 0.50.1, 0.50.2.",
+                 marks=INDEX),
+    pytest.param(["bitsandbytes", "--good", "0.48.2", "--bad", "0.48.2"],
+                 "--good and --bad are both bitsandbytes 0.48.2; give two different releases.", marks=INDEX),
+    pytest.param(["bitsandbytes", "--good", "0.50.2", "--bad", "0.48.2"],
+                 "--good 0.50.2 is newer than --bad 0.48.2; the good end must be the older release (swap them).",
+                 marks=INDEX),
+    pytest.param(["bitsandbytes", "--good", "0.43.0", "--bad", "0.45.5"],
+                 "no release of bitsandbytes from 0.43.0 to 0.45.5 can run here, so pick another range; the first one "
+                 "says: bnb=0.43.0 has no CPU kernels", marks=INDEX),
+    pytest.param(["bitsandbytes", "--good", "0.45.0", "--bad", "0.48.2"],
+                 "the good end cannot run here: bnb=0.45.0 has no CPU kernels", marks=INDEX),
     (["bitsandbytes", "--good", "0.48.2", "--bad", "0.50.2", "quant=nf4,int8"],
      "quant=nf4,int8 is a sweep; a bisection runs one configuration, so give one value."),
     (["bitsandbytes", "--good", "0.48.2", "--bad", "0.50.2", "bnb=0.50.2"],

@@ -102,6 +102,7 @@ def test_companion_only_requests_name_their_overlay_and_refuse_an_old_transforme
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_a_peft_overlay_holds_only_peft_and_shares_the_installed_bitsandbytes(fresh_cache):
     python = envs.ensure("installed", {"peft": "0.20.0"}, cache_dir=fresh_cache, log=lambda _: None)
     env_dir = fresh_cache / "envs" / "peft-0.20.0"
@@ -113,6 +114,7 @@ def test_a_peft_overlay_holds_only_peft_and_shares_the_installed_bitsandbytes(fr
 
 
 @pytest.mark.slow
+@pytest.mark.system
 @pytest.mark.parametrize("pins, sentence", [
     ({"transformers": "4.57.1"}, "transformers=4.57.1 cannot run here: transformers requires huggingface-hub<1.0,"
                                  ">=0.34.0, this environment has huggingface-hub "),
