@@ -147,3 +147,28 @@ def test_verdicts_parse_what_a_user_types_and_refuse_the_rest():
 def test_the_command_line_documents_itself():
     result = bisect("--help", timeout=60)
     assert result.returncode == 0 and "--verdict VERDICT" in result.stdout and "final_loss>10%" in result.stdout
+
+
+def test_the_search_halves_the_range_and_steps_around_a_release_that_cannot_run(tmp_path):
+    from src.bisect.search import Probe, next_step
+
+    releases = [f"1.0.{i}" for i in range(7)]
+    state = {"package": "peft", "good": releases[0], "bad": releases[-1], "verdict": "fails", "candidates": releases,
+             "refused": {"1.0.3": "peft=1.0.3 installed but peft cannot be imported here (ImportError: x); pick "
+                                  "another release."}}
+
+    def probe(version, failed):
+        obs = verdicts.Observation(tmp_path, "failed" if failed else "completed", "RuntimeError: x" if failed else None)
+        bad, evidence = verdicts.judge(verdicts.parse("fails"), obs, None)
+        return Probe(version, 0, tmp_path, obs, bad, evidence)
+
+    done = [probe("1.0.0", False), probe("1.0.6", True)]
+    assert next_step(state, done) == "1.0.2"  # the middle, 1.0.3, cannot run: its lower neighbour (git bisect skip)
+    done.append(probe("1.0.2", False))
+    assert next_step(state, done) == "1.0.4"
+    done.append(probe("1.0.4", True))
+    answer = next_step(state, done)  # only 1.0.3 is left between good 1.0.2 and bad 1.0.4, and it cannot run
+    assert (answer["outcome"], answer["first_bad"], answer["last_good"], answer["unknown"]) == \
+        ("ambiguous", "1.0.4", "1.0.2", ["1.0.3"])
+    assert answer["answer"].startswith("The first release that fails is one of 1.0.3, 1.0.4: 1.0.4 does (the job "
+                                       "failed (RuntimeError: x))")

@@ -135,7 +135,7 @@ def _answer(state: dict, verdict, last_good: Probe, first_bad: Probe, unknown: l
     else:
         answer = (f"The first release that {verb} is one of {', '.join(unknown + [first_bad.version])}: "
                   f"{first_bad.version} does ({shown}), {last_good.version} {good}, and {', '.join(unknown)} cannot "
-                  f"run here.")
+                  f"run here or cannot be judged (the report says why).")
     return {"outcome": "found" if not unknown else "ambiguous", "answer": answer, "first_bad": first_bad.version,
             "last_good": last_good.version, "unknown": unknown}
 
