@@ -99,7 +99,7 @@ def module_of(package: str) -> str:
 
 
 def check_request(bnb: DictConfig, device: str) -> None:
-    """Refuses, in one sentence, a bitsandbytes version that cannot work on this machine."""
+    """Refuses, in one sentence, a bitsandbytes version (or a companion pin) that cannot work on this machine."""
     version, companions = requested(bnb)
     for name, pin in companions.items():
         try:
@@ -237,8 +237,9 @@ def _call(command: list[str], version: str, companions: dict[str, str] | None = 
                           f"use one of {', '.join(RELEASE_LINES)} or another published release.")
 
 
-# Run by the overlay's python: checks what each pinned package requires against what the overlay sees (its own pins first, the project venv behind), and what dropsweep's libraries
-# require of the pinned packages, then imports each pinned package. Prints one JSON object.
+# Run by the overlay's python: checks what each pinned package requires against what the overlay
+# sees (its own pins first, the project venv behind) and what dropsweep's libraries require of the
+# pinned packages, then imports each pinned package. Prints one JSON object.
 _PROBE = r"""
 import importlib, json, sys
 import importlib.metadata as m
