@@ -155,8 +155,9 @@ def test_bad_input_still_gives_a_report_that_names_what_it_skipped(tmp_path, cap
     assert "skipped" in out and "wrote" in out
 
 
-def test_an_empty_sweep_dir_gives_a_report_saying_so(tmp_path):
-    assert main([str(tmp_path)]) == 0
+def test_an_empty_sweep_dir_gives_a_report_saying_so(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 1  # nothing to report is not a success
+    assert "holds no runs" in capsys.readouterr().err
     md = (tmp_path / "report.md").read_text()
     assert "No runs found." in md and "nothing to report" in md
     assert (tmp_path / "report.html").exists()

@@ -3,6 +3,7 @@ the latest under experiments/sweeps/), written into the sweep directory and summ
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,15 +63,21 @@ def default_sweep() -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    console = Console(stderr=False)
+    console, errors = Console(stderr=False), Console(stderr=True)
     sweeps = args.sweeps or [default_sweep()]
     missing = [p for p in sweeps if not p.exists()]
     if missing:
-        console.print(f"dropsweep: {missing[0]} does not exist", highlight=False)
+        errors.print(f"dropsweep: {missing[0]} does not exist", highlight=False)
+        return 2
+    unreadable = [p for p in sweeps if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0))]
+    if unreadable:
+        errors.print(f"dropsweep: {unreadable[0]} cannot be read (permission denied); run the report as a user "
+                     f"who can read it, or copy the sweep somewhere readable", highlight=False)
         return 2
     if args.out and len(sweeps) > 1:
-        console.print("dropsweep: --out takes one sweep at a time", highlight=False)
+        errors.print("dropsweep: --out takes one sweep at a time", highlight=False)
         return 2
+    status = 0
     for sweep in sweeps:
         bar = Bar(console)
         try:
@@ -81,11 +88,15 @@ def main(argv=None) -> int:
         try:
             write_report(report, args.out)
         except OSError as error:
-            console.print(f"dropsweep: cannot write the report into {args.out or sweep} ({error.strerror}); "
-                          "pass --out DIR", highlight=False)
+            errors.print(f"dropsweep: cannot write the report into {args.out or sweep} ({error.strerror}); "
+                         "pass --out DIR", highlight=False)
             return 1
         print_report(report, console, max_rows=args.rows)
-    return 0
+        if not report.sweep.runs:
+            errors.print(f"dropsweep: {sweep} holds no runs (no summary.json, metrics.jsonl, trainer_state.json, "
+                         f"trainer_log.jsonl or W&B CSV export); give a sweep directory", highlight=False)
+            status = 1
+    return status
 
 
 if __name__ == "__main__":

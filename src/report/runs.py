@@ -44,6 +44,7 @@ class Run:
     summary: dict = field(default_factory=dict)
     factors: dict = field(default_factory=dict)  # every candidate factor, varying or not
     notes: list = field(default_factory=list)  # what was skipped or guessed while reading
+    attempts: int = 1  # a resumed job: how many times it ran (the earlier attempts' files under attempts/)
     column: str | None = None  # which run of a W&B chart export holding several
     analysis: object = None  # src.report.analysis.Analysis once analysed
 
@@ -108,8 +109,11 @@ def walk(root: Path, directory: Path, depth: int, sweep: Sweep) -> None:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "summary.json").is_file() or any((path / n).is_file() for n in RUN_LOGS) or any(
-        path.glob("checkpoint-*/trainer_state.json"))
+    try:
+        return (path / "summary.json").is_file() or any((path / n).is_file() for n in RUN_LOGS) or any(
+            path.glob("checkpoint-*/trainer_state.json"))
+    except OSError:  # cannot look inside (permissions): walk() reports it when it tries to list it
+        return False
 
 
 def rel(root: Path, path: Path) -> str:
@@ -315,6 +319,10 @@ def add_manifest_jobs(sweep: Sweep) -> None:
             continue
         run_path = Path(where) if Path(where).is_absolute() else sweep.path / where
         run = by_path.get(run_path.resolve())
+        if run is None and not run_path.exists():  # the sweep dir was moved or copied (older manifests hold
+            # absolute paths): the run found here under the same job folder name is this job's
+            same_name = [r for r in sweep.runs if r.path.name == run_path.name and "manifest" not in r.summary]
+            run = same_name[0] if len(same_name) == 1 else None
         reason = job.get("exit_reason") or job.get("error")
         status = str(job.get("status") or "unknown")
         status = "incomplete" if status == "killed" else status
@@ -329,6 +337,11 @@ def add_manifest_jobs(sweep: Sweep) -> None:
             sweep.skipped = [s for s in sweep.skipped if s[0].rstrip("/") != name]
             continue
         run.summary.setdefault("manifest", job)
+        attempts = len([p for p in (run.path / "attempts").glob("*") if p.is_dir()]) if run.path.is_dir() else 0
+        if attempts:
+            run.attempts = attempts + 1
+            kept = f"attempt {attempts + 1}; the earlier {'one is' if attempts == 1 else f'{attempts} are'} kept under attempts/"
+            run.reason = f"{run.reason}; {kept}" if run.reason else kept
         if run.status in ("unknown", "running") and status not in ("running", "unknown", "pending"):
             run.status = "incomplete" if status == "completed" else status
             run.reason = reason or run.reason
