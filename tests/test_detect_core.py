@@ -173,3 +173,10 @@ def test_unsorted_and_duplicated_steps_are_sorted_and_the_last_row_wins():
     curve = Curve.from_records([{"step": 3, "loss": 3.0}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 2, "loss": 2.5}])
     assert curve.step.tolist() == [1, 2, 3] and curve.loss.tolist() == [1.0, 2.5, 3.0]
     assert curve.restarts.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("seed", [112019, 112023, 112033])
+def test_streaming_and_offline_agree_when_small_drops_are_due_past_the_end(seed):
+    # Two small drops near the end of a curve of short epochs: both faces keep the same one.
+    curve = make_case("short_epochs", seed=seed).curve
+    assert sorted((e.kind, e.step) for e, _ in stream(curve)) == sorted((e.kind, e.step) for e in detect(curve))

@@ -35,9 +35,11 @@ from .rules import (
     epoch_shape,
     epoch_span,
     after_excursion,
+    at_boundary,
     combined_noise,
     epoch_window,
     level,
+    in_warmup,
     level_before_excursion,
     noise_after,
     noise_scale,
@@ -63,9 +65,10 @@ def detect(curve, **settings) -> list[Event]:
     noise = NoiseBefore(np.diff(y))
     steps, epoch = curve.step[index], curve.epoch[index]
     events += spikes(y, m, noise, steps, cfg, index)
-    found = epoch_drops(y, noise, epoch, steps, cfg)
+    context = {"epoch": epoch, "lr": curve.lr[index]}
+    found = epoch_drops(y, noise, context, steps, cfg)
     for scale in cfg.scales:
-        found += drops_at_scale(y, m, noise, epoch, steps, scale, cfg)
+        found += drops_at_scale(y, m, noise, context, steps, scale, cfg)
     stalls = [e.index for e in events if e.kind == "stall"]
     drops = [(b, e) for b, e in keep_first_decided(found, cfg, len(y)) if not into_stall(index[b], stalls)]
     others = [(e.step, math.log(e.level_before), math.log(e.level_after)) for _, e in drops]
@@ -100,19 +103,19 @@ class NoiseBefore:
         return sigma
 
 
-def drops_at_scale(y, m, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+def drops_at_scale(y, m, noise, context, steps, s: int, cfg: Settings) -> list[tuple]:
     """(scale, boundary, decided, event) for each drop cluster at scale s; boundary and
     decided are positions in the valid series. A candidate is judged with the stretch after
     its new level too (the new level must hold), so it is decided 2s points after it."""
     first, stop = 2 * s, len(y) - 2 * s + 1
     if stop <= first:
         return []
-    return scan(np.arange(first, stop), 2 * s, y, level_series(m, s // cfg.window, cfg.window), noise, epoch, steps, s, cfg)
+    return scan(np.arange(first, stop), 2 * s, y, level_series(m, s // cfg.window, cfg.window), noise, context, steps, s, cfg)
 
 
-def scan(c, lag: int, y, levels, noise, epoch, steps, s: int, cfg: Settings) -> list[tuple]:
+def scan(c, lag: int, y, levels, noise, context, steps, s: int, cfg: Settings) -> list[tuple]:
     """Evaluate candidates c (in order) and group those that pass into clusters."""
-    kind, z, fall, L, R = candidates(c, lag, y, levels, noise, epoch, s, cfg)
+    kind, z, fall, L, R = candidates(c, lag, y, levels, noise, context, s, cfg)
     out, cluster, refractory = [], None, -1
     for i in np.flatnonzero(continues(kind, z, cfg)).tolist():  # few: most candidates fail
         ci = int(c[i])
@@ -128,11 +131,12 @@ def scan(c, lag: int, y, levels, noise, epoch, steps, s: int, cfg: Settings) -> 
     return out
 
 
-def candidates(c, lag: int, y, levels, noise, epoch, s: int, cfg: Settings, origin: int = 0):
+def candidates(c, lag: int, y, levels, noise, context, s: int, cfg: Settings, origin: int = 0):
     """(kind, z, fall, level before, level after) of candidate(s) c, kind 0 where they fail.
     Shared by both faces: offline passes a run of consecutive candidates, the streaming face one;
     `levels[j]` is the level of the s points from j (level_series), `noise(c)` the noise scale
-    before c, `origin` how many valid points precede y[0].
+    before c, `context` holds the "epoch" and "lr" of each point, `origin` how many valid points
+    precede y[0].
 
     The noise combines the scales before c and among the new level's points (the volatility
     may change there); a candidate that passes is then judged against the level before any
@@ -156,7 +160,7 @@ def candidates(c, lag: int, y, levels, noise, epoch, s: int, cfg: Settings, orig
     if isinstance(c, int):
         if not plausible:  # the common case, kept cheap for the streaming face
             return 0, 0.0, fall, before, R
-        return judge(c, lag, y, fall, L, R, float(noise(c)), epoch, s, cfg, origin)
+        return judge(c, lag, y, fall, L, R, float(noise(c)), context, s, cfg, origin)
     kind, z = np.zeros(len(c), int), np.zeros(len(c))
     at = np.flatnonzero(plausible)
     if len(at):
@@ -166,19 +170,23 @@ def candidates(c, lag: int, y, levels, noise, epoch, s: int, cfg: Settings, orig
         before_c = noise(c[at])
         sigma = combined_noise(before_c, after)
         z[at] = fall[at] / (sigma * score_scale(s))
+        epoch = context["epoch"]
         boundary = epoch_crossing(epoch[c[at] - 2], epoch[c[at] + 1])
         for j in np.flatnonzero(drop_kind(fall[at], z[at], boundary, cfg)).tolist():
             i = int(at[j])
-            kind[i], z[i], fall[i], before[i], _ = judge(int(c[i]), lag, y, float(fall[i]), float(L[i]), float(R[i]), float(before_c[j]), epoch, s, cfg, origin)
+            kind[i], z[i], fall[i], before[i], _ = judge(int(c[i]), lag, y, float(fall[i]), float(L[i]), float(R[i]), float(before_c[j]), context, s, cfg, origin)
     return kind, z, fall, before, R
 
 
-def judge(c: int, lag: int, y, fall: float, L: float, R: float, sigma: float, epoch, s: int, cfg: Settings, origin: int):
+def judge(c: int, lag: int, y, fall: float, L: float, R: float, sigma: float, context, s: int, cfg: Settings, origin: int):
     """(kind, z, fall, level before, level after) of one plausible candidate."""
     sigma = combined_noise(sigma, noise_after(y, c, lag))
     z = fall / (sigma * score_scale(s))
+    epoch = context["epoch"]
     boundary = epoch_crossing(float(epoch[c - 2]), float(epoch[c + 1]))
     kind = int(drop_kind(fall, z, boundary, cfg))
+    if kind and in_warmup(context["lr"], c, s):
+        kind = 0
     if kind:
         fall = after_excursion(fall, L, R, level_before_excursion(y, c - s, max(s, EXCURSION_WINDOW), origin), cfg)
         z = fall / (sigma * score_scale(s))
@@ -204,9 +212,9 @@ def close_cluster(cluster: Cluster, y, steps, s: int, lag: int, cfg: Settings, a
     return s, boundary, decided, drop_event(cluster, int(steps[boundary]), int(steps[decided]))
 
 
-def epoch_drops(y, noise, epoch, steps, cfg: Settings) -> list[tuple]:
+def epoch_drops(y, noise, context, steps, cfg: Settings) -> list[tuple]:
     """Drops at epoch boundaries, tested with windows inside the epochs on either side."""
-    n = len(y)
+    n, epoch = len(y), context["epoch"]
     crossings = (np.flatnonzero(epoch_crossing(epoch[:-1], epoch[1:])) + 1).tolist()
     found = []
     for i, c in enumerate(crossings):
@@ -219,18 +227,21 @@ def epoch_drops(y, noise, epoch, steps, cfg: Settings) -> list[tuple]:
             decided = c + epoch_span(k) - 1
         else:  # the streaming face decides when the next epoch begins, or at the end
             decided = following if following is not None and following < c + epoch_span(k) else n - 1
-        found.append(epoch_drop(c, k, y, float(noise(c)[0]), steps, right_end, decided, cfg, first=i == 0, epoch_start=crossings[i - 1] if i else 0))
+        found.append(epoch_drop(c, k, y, float(noise(c)[0]), steps, right_end, decided, cfg, first=i == 0,
+                                epoch_start=crossings[i - 1] if i else 0, lr=context["lr"]))
     return [f for f in found if f]
 
 
 def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: int, cfg: Settings, origin: int = 0,
-               first: bool = False, epoch_start: int = 0):
+               first: bool = False, epoch_start: int = 0, lr=None):
     """The drop at the epoch boundary c (k points per window; the new epoch's points known so
     far end at right_end; `first`: the curve's first boundary; the old epoch began at
     `epoch_start`), or None. Shared by both faces (`origin`: as in candidates).
 
     The level before an excursion is looked for before the old epoch (a memorising epoch
-    creeps up: that rise is no excursion), at most EXCURSION_POINTS before its windows."""
+    creeps up: that rise is no excursion), at most EXCURSION_POINTS before its windows. The
+    fall must be at the boundary: the best split of the windows' points lies near it (else a
+    drop nearby, inside the long windows, is what they see)."""
     # The windows skip the boundary's two points, the last of the old epoch (often a partial
     # batch, an outlier) and the first of the new one (it may hold steps of both).
     Lc, L = window_median(y[c - 2 * k - 1 : c - k - 1]), window_median(y[c - k - 1 : c - 1])
@@ -248,6 +259,8 @@ def epoch_drop(c: int, k: int, y, sigma: float, steps, right_end: int, decided: 
         z = float(fall / (sigma * score_scale(k)))
         kind = int(drop_kind(fall, z, not first, cfg))
         before = after + fall
+    if kind and (in_warmup(lr, c, k) or not at_boundary(y, c, k)):
+        kind = 0
     if not kind:
         return None
     return cfg.window, c, decided, drop_event(Cluster(c, c, c, kind, z, fall, before, after), int(steps[c]), int(steps[decided]))
@@ -261,9 +274,10 @@ def keep_first_decided(found: list[tuple], cfg: Settings, available: int) -> lis
 
     def order(found_drop):
         scale, boundary, decided, event = found_drop
-        if event.kind == "small_drop":
-            return min(max(decided, boundary + small_drop_hold(cfg)), available - 1), 1, scale
-        return decided, 0, scale
+        if event.kind == "small_drop":  # released when due; those due past the end, at the end, by due
+            due = boundary + small_drop_hold(cfg)
+            return min(max(decided, due), available - 1), 1, due, scale
+        return decided, 0, 0, scale
 
     kept, out = [], []
     for scale, boundary, _, event in sorted(found, key=order):

@@ -247,6 +247,18 @@ def after_excursion(fall: float, level_just_before: float, level_after: float, e
     return min(fall, earlier - level_after)
 
 
+def in_warmup(lr, c: int, points: int) -> bool:
+    """Whether the learning rate is still rising into c (over the `points` before it): the
+    warm-up, whose fast descent is no drop. An unknown lr (nan) is no warm-up."""
+    return lr is not None and bool(lr[c] > lr[c - points])
+
+
+def at_boundary(y, c: int, k: int) -> bool:
+    """Whether the best split of the 2k points around an epoch boundary c lies near it."""
+    split = split_point(np.asarray(y[c - k : c + k], dtype=np.float64), c - k + 1, c + k - 1, c - k)
+    return abs(split - c) <= max(3, k // 4)
+
+
 def epoch_window(c: int, epoch_start: int, cfg: Settings, first: bool = False) -> int:
     """Points per window for the boundary test at c: a third of the epoch that ends there, up to
     EPOCH_WINDOW_MAX points (the windows a person compares by eye), and at least `window`

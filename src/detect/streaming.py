@@ -226,7 +226,7 @@ class StreamingDetector:
         cfg, path = self.cfg, (s, lag)
         events = self._close_if_due(c, s, lag)
         cluster = self._clusters.get(path)
-        kind, z, fall, L, R = candidates(c, lag, self._y, self._levels[s], self._noise, self._ctx["epoch"], s, cfg, self._base)
+        kind, z, fall, L, R = candidates(c, lag, self._y, self._levels[s], self._noise, self._ctx, s, cfg, self._base)
         if not continues(kind, z, cfg):
             return events
         kind = int(kind)
@@ -258,7 +258,7 @@ class StreamingDetector:
 
     def _epoch_test(self, c: int, k: int, right_end: int, decided: int, first: bool, epoch_start: int) -> list[Event]:
         start = max(epoch_start - self._base, c - 2 * k - 1 - EXCURSION_POINTS)  # list position (see epoch_drop)
-        found = epoch_drop(c, k, self._y, self._noise(c), self._ctx["step"], right_end, decided, self.cfg, self._base, first, start)
+        found = epoch_drop(c, k, self._y, self._noise(c), self._ctx["step"], right_end, decided, self.cfg, self._base, first, start, self._ctx["lr"])
         return self._report_drop(found) if found else []
 
     def _report_drop(self, found, held: bool = False) -> list[Event]:
