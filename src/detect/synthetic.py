@@ -340,6 +340,8 @@ def _noisy_plateau(rng, base: _Base, case: Case) -> Case:
     y = clean + noise
     for i in dips:  # one or two points well below, straight back
         y[i : i + int(rng.integers(1, 3))] = clean[i] + math.log(1 - rng.uniform(0.15, 0.35))
+    for i in np.flatnonzero(noise >= math.log(2)):  # heavy tails: a batch at twice the level is a spike
+        case.truth.append(Truth("spike", int(i), scored=False))
     epoch = np.arange(1, n + 1) / n
     return _finish(case, _Base(base.step, clean, noise, base.lr, epoch, n), y, epoch=epoch)
 
