@@ -2,13 +2,19 @@
 one sweep dir, resumable, reported), and the one-sentence refusals of input it cannot start from.
 Tests that read the package index or install from it are `system`; those that train are `slow` too."""
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
 from src.bisect import verdicts
 from src.bisect.releases import BisectError
-from tests.conftest import read_summary, run_cli
+from src.bisect.search import read_state
+from tests.conftest import ROOT, read_summary, run_cli
 
 # GPT-NeoX's biased linears make bitsandbytes 0.49.0-0.50.2 raise an in-place error at the first
 # backward after an eval pass on CPUs with avx512_bf16; 0.48.2 trains.
@@ -60,23 +66,34 @@ def test_a_real_bisection_names_the_first_bad_release_in_log2_probes(tiny_bisect
 
 @pytest.mark.slow
 @pytest.mark.system
-def test_an_interrupted_bisection_resumes_without_training_finished_probes_again(tiny_bisection):
-    sweep_dir, first = tiny_bisection
-    state = state_of(sweep_dir)
+def test_an_interrupted_bisection_resumes_without_training_finished_probes_again(tmp_path):
+    sweep_dir = tmp_path / "bnb"
+    command = [sys.executable, "-m", "src.bisect", "bitsandbytes", "--good", "0.48.2", "--bad", "0.50.2", "--dir",
+               str(sweep_dir), "--no-report", *TINY]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:  # Ctrl-C once the two ends are done and probe 2 started
+        state = read_state(sweep_dir) if sweep_dir.exists() else None
+        if state and len(state["probes"]) == 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and f"go on later with python -m src.bisect --resume {sweep_dir}" in err, err[-2000:]
+    interrupted = read_state(sweep_dir)
+    assert interrupted["outcome"] is None and len(interrupted["probes"]) == 3
     kept = read_summary(sweep_dir / "0")
-    last = sweep_dir / str(len(state["probes"]) - 1)
-    (last / "summary.json").unlink()  # as if the bisection was killed while its last probe trained
-    for key in ("outcome", "answer", "first_bad", "last_good", "unknown", "judged"):
-        state.pop(key, None)
-    (sweep_dir / "bisect.yaml").write_text(yaml.safe_dump(state, sort_keys=False))
-    result = bisect("--resume", str(sweep_dir))
+    assert kept["status"] == "completed"
+
+    result = bisect("--resume", str(sweep_dir), "--no-report")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    again = state_of(sweep_dir)
-    assert again["answer"] == state_of(sweep_dir)["answer"] and again["first_bad"] == FIRST_BAD
-    assert again["probes"] == state["probes"]  # no probe added: the search was already settled
+    state = read_state(sweep_dir)
+    assert (state["outcome"], state["first_bad"]) == ("found", FIRST_BAD)
+    assert state["probes"][:3] == interrupted["probes"]  # the search went on where it stopped
     assert read_summary(sweep_dir / "0")["started_at"] == kept["started_at"]  # kept, not trained again
     assert "kept (resume)" in (sweep_dir / "bisect.log").read_text()
-    assert read_summary(last)["bnb_version"] == state["probes"][-1]  # the unfinished probe ran again
+    assert read_summary(sweep_dir / "2")["bnb_version"] == interrupted["probes"][2]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -120,9 +121,14 @@ def plan(args) -> dict:
 SAME = ("package", "good", "bad", "verdict", "overrides")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    created = False
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the probe that trains stops, the state is kept
+    created, sweep_dir = False, None
     try:
         if args.resume:
             sweep_dir = args.resume
@@ -155,7 +161,8 @@ def main(argv=None) -> int:
         print(f"dropsweep: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n[bisect] interrupted; go on later with python -m src.bisect --resume {sweep_dir}", file=sys.stderr)
+        hint = f"; go on later with python -m src.bisect --resume {sweep_dir}" if sweep_dir else " before it started"
+        print(f"\n[bisect] interrupted{hint}", file=sys.stderr)
         return 130
     if state["outcome"] == "refused":
         print(f"dropsweep: {state['answer']}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -153,13 +154,20 @@ def launch(state: dict, sweep_dir: Path, echo=print) -> None:
     with open(Path(sweep_dir) / LOG, "a") as log:
         log.write(f"$ {' '.join(command(state, sweep_dir))}\n")
         log.flush()
+        # its own session: a Ctrl-C reaches the bisection alone, which hands the sweep exactly one SIGINT
+        # (the probe that trains ends as `stopped` and runs again on resume)
         child = subprocess.Popen(command(state, sweep_dir), env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                 stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
         try:
             for line in child.stdout:
                 log.write(line)
                 if line.startswith(ECHO) and "kept (resume)" not in line:
                     echo("  " + line.rstrip())
+        except BaseException:
+            child.send_signal(signal.SIGINT)
+            for line in child.stdout:
+                log.write(line)
+            raise
         finally:
             child.wait()
 

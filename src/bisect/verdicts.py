@@ -96,6 +96,8 @@ def observe(run_dir: Path) -> Observation | None:
     summary = read_summary(run_dir)
     if not summary or summary.get("status") in (None, "running"):
         return None
+    if summary["status"] == "stopped" and not str(summary.get("stop_reason", "")).startswith("detector"):
+        return None  # interrupted (Ctrl-C, SIGTERM): not a result; the probe runs again
     obs = Observation(Path(run_dir), str(summary["status"]), summary.get("error") or summary.get("stop_reason"),
                       summary.get("versions") or {})
     obs.versions["bitsandbytes"] = summary.get("bnb_version") or obs.versions.get("bitsandbytes")
