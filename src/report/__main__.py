@@ -63,7 +63,7 @@ def default_sweep() -> Path:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    console, errors = Console(stderr=False), Console(stderr=True)
+    console, errors = Console(stderr=False), Console(stderr=True, soft_wrap=True)
     sweeps = args.sweeps or [default_sweep()]
     missing = [p for p in sweeps if not p.exists()]
     if missing:
