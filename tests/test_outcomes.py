@@ -174,3 +174,14 @@ def test_report_shows_outcomes_answers_and_differing_keys(tmp_path):
     import json
     saved = json.loads((tmp_path / "report.json").read_text())["outcomes"]
     assert {e["factor"] for e in saved["large_effects"]} == {"quant"}
+
+
+def test_a_factor_that_only_groups_another_ones_levels_is_not_named_apart():
+    from src.report.outcomes import verdict_sentences
+
+    runs = make_runs({"none": [0.0] * 3, "int8": [0.07] * 3, "nf4": [0.59] * 3}, key="damage")
+    for run in runs:  # compute_dtype is decided by the quant mode here
+        run.factors["compute_dtype"] = "bfloat16" if run.factors["quant"] == "nf4" else "float32"
+    [sentence] = verdict_sentences(outcome_table(runs))
+    assert sentence.startswith("quant changes the outcome: damage KL 0.0000 at none vs 0.5900 at nf4")
+    assert sentence.endswith("(compute_dtype follows quant in this sweep, so its differences are quant's).")

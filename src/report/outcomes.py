@@ -71,6 +71,7 @@ def t_quantile(df: int) -> float:
 class Level:
     level: str
     values: list
+    runs: list = field(default_factory=list)  # the run names the values come from
 
     @property
     def n(self) -> int:
@@ -138,12 +139,13 @@ class LargeEffect:
 
 
 def level_values(runs, factor, outcome: Outcome) -> list[Level]:
-    by_level = {}
+    by_level, names = {}, {}
     for run in runs:
         value = outcome.value(run) if run.status in USED_STATUSES else None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             by_level.setdefault(factor.value[run.name], []).append(float(value))
-    return [Level(level, by_level[level]) for level in factor.levels if level in by_level]
+            names.setdefault(factor.value[run.name], []).append(run.name)
+    return [Level(level, by_level[level], names[level]) for level in factor.levels if level in by_level]
 
 
 def pooled_spread(levels: list[Level]) -> tuple[float | None, int, np.ndarray]:
@@ -300,14 +302,29 @@ def verdict_sentences(rows: list[FactorOutcome], limit: int = 2) -> list[str]:
     by_factor: dict = {}
     for effect in large_effects(rows):
         by_factor.setdefault(effect.factor, []).append(effect)
-    sentences = []
-    for factor, effects in list(by_factor.items())[:limit]:
+    groups = {row.factor: {lv.level: set(lv.runs) for lv in row.levels} for row in rows}
+    named, sentences = [], []
+    for factor, effects in by_factor.items():
+        follows = next((other for other in named if coarser(groups[factor], groups[other])), None)
+        if follows is not None:  # compute_dtype in a quant sweep: its levels are groups of quant's levels
+            sentences[named.index(follows)] = sentences[named.index(follows)][:-1] + (
+                f" ({factor} follows {follows} in this sweep, so its differences are {follows}'s).")
+            continue
+        if len(named) == limit:
+            continue
         keys = {e.outcome.key for e in effects}
         if "final_eval_loss" in keys:  # the best eval loss says nearly the same
             effects = [e for e in effects if e.outcome.key != "best_eval_loss"]
         parts = [effect_sentence(e).split(": ", 1)[1] for e in effects[:3]]
+        named.append(factor)
         sentences.append(f"{factor} changes the outcome: {'; '.join(parts)}.")
     return sentences
+
+
+def coarser(levels: dict, than: dict) -> bool:
+    """Whether every level of `than` lies within one level of `levels` (on the runs both measured)."""
+    where = {name: level for level, names in levels.items() for name in names}
+    return all(len({where[n] for n in names if n in where}) <= 1 for names in than.values())
 
 
 def method_text() -> str:
