@@ -115,7 +115,7 @@ class FastPath:
         self.convert_s = time.perf_counter() - started
         compile = self.device.type == "cuda" if compile is None else compile
         if ways is None:
-            ways = (["inductor"] if weights == "dense" else []) + ["graphs", "eager"] if compile else ["eager"]
+            ways = ((["inductor"] if weights == "dense" else []) + ["graphs", "eager"]) if compile else ["eager"]
         self.ways = [w for w in ways if w == "eager" or self.device.type == "cuda"]
         self.decoder = None
         self.warm = False
