@@ -98,10 +98,15 @@ def safe(name: str) -> str:
 
 
 def overlay_figure(groups) -> bytes:
-    """One panel per group, its runs overlaid (coloured by their worst event), shared y axis."""
+    return save(overlay_axes(groups))
+
+
+def overlay_axes(groups):
+    """One panel per group, its runs overlaid (coloured by their worst event). Each panel has its own
+    y range, so that a level whose runs go far lower than another's still shows every curve whole."""
     cols = min(len(groups), 4)
     rows = math.ceil(len(groups) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.6, 3.2 * rows), dpi=100, sharey=True, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.6, 3.2 * rows), dpi=100, squeeze=False)
     layout(fig, rows, cols)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
@@ -118,7 +123,7 @@ def overlay_figure(groups) -> bytes:
         ax.set_title(f"{title}\n{len(members)} run{'s' if len(members) > 1 else ''}" + (f" ({counts})" if counts else ""),
                      fontsize=9)
         finish_axes(ax)
-    return save(fig)
+    return fig
 
 
 def grid_figure(runs, factors) -> bytes:
