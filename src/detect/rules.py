@@ -195,19 +195,17 @@ def epoch_shape(Lc, L, R, Rc, cfg: Settings):
 
     A memorising epoch creeps up, so its window medians understate how much lower the new
     epoch starts than the old one ended: where the loss rises inside an epoch, the levels are
-    carried from the window centres to the boundary along that rise. A descent inside the
-    epochs is the trend (at the first boundary, the fine-tune's early descent): it counts as
-    the comparable change and is subtracted, as in drop_shape.
+    carried from the window centres to the boundary along that rise. The size is that change
+    across the boundary, as a person measures it from the windows' medians; a descent inside
+    the epochs (at the first boundary, the fine-tune's early descent) is the trend it must beat
+    `trend_ratio` times.
     """
     rise_left = positive(L - Lc)
     rise_right = 0.0 if Rc is None else positive(Rc - R)
     change = abs(L - Lc) if Rc is None else larger(abs(L - Lc), abs(Rc - R))
-    descent = positive(Lc - L)
-    if Rc is not None:
-        descent = larger(descent, positive(R - Rc))
     after = R - rise_right * 0.5
-    fall = (L + rise_left * 0.5 - after) - descent
-    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (change * cfg.trend_ratio <= fall + descent)
+    fall = L + rise_left * 0.5 - after
+    plausible = (fall >= -math.log1p(-cfg.small_drop_threshold)) & (change * cfg.trend_ratio <= fall)
     return fall, after + fall, after, plausible
 
 
