@@ -189,3 +189,17 @@ def test_the_search_halves_the_range_and_steps_around_a_release_that_cannot_run(
         ("ambiguous", "1.0.4", "1.0.2", ["1.0.3"])
     assert answer["answer"].startswith("The first release that fails is one of 1.0.3, 1.0.4: 1.0.4 does (the job "
                                        "failed (RuntimeError: x))")
+
+
+@pytest.mark.system
+def test_pre_releases_and_yanked_releases_are_left_out_unless_asked_for():
+    from src.bisect.releases import between, fetch
+
+    transformers = fetch("transformers")
+    assert any(r.version == "5.10.0" and r.yanked for r in transformers)  # yanked on the index
+    plain = [r.version for r in between(transformers, "5.9.0", "5.11.0")]
+    assert "5.10.0" not in plain and plain[0] == "5.9.0" and plain[-1] == "5.11.0"
+    assert "5.10.0" in [r.version for r in between(transformers, "5.9.0", "5.11.0", yanked=True)]
+    peft = fetch("peft")
+    assert "0.18.0rc0" not in [r.version for r in between(peft, "0.17.1", "0.18.0")]
+    assert "0.18.0rc0" in [r.version for r in between(peft, "0.17.1", "0.18.0", pre=True)]
