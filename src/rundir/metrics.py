@@ -74,35 +74,42 @@ class MetricsColumns:
 
 def read_metrics(path, chunk_bytes: int = CHUNK_BYTES) -> MetricsColumns:
     """Read a metrics.jsonl (or any JSON lines file with these keys) into columns, decoding
-    about `chunk_bytes` of whole lines at a time."""
+    about `chunk_bytes` of whole lines at a time (read into one buffer, so nothing is copied but
+    the part line at each chunk's end)."""
     parts, bad, last_bad, line_no = [], 0, False, 1
+    buffer = bytearray(max(chunk_bytes, 16))
     with open(os.fspath(path), "rb") as f:
-        carry = f.read(len(BOM))
-        if carry == BOM:
-            carry = b""
+        head = f.read(len(BOM))
+        filled = 0 if head == BOM else len(head)
+        buffer[:filled] = b"" if head == BOM else head
         while True:
-            block = f.read(chunk_bytes)
-            data = carry + block
-            if not block:
-                cut = len(data)
-            else:
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:  # one line longer than a chunk: read on
-                    carry = data
-                    continue
-            chunk, carry = data[:cut], data[cut:]
-            if chunk.strip():
-                part, chunk_bad, last_bad = _decode_chunk(chunk, line_no, last_bad)
+            if filled == len(buffer):  # a line longer than the buffer: a larger one
+                buffer = buffer + bytearray(len(buffer))
+            view = memoryview(buffer)
+            read = f.readinto(view[filled:])
+            end = filled + read
+            cut = end if not read else buffer.rfind(b"\n", 0, end) + 1
+            if read and cut == 0:
+                filled = end
+                view.release()
+                continue
+            newlines = buffer.count(b"\n", 0, cut)
+            if cut and not (buffer[:1].isspace() and bytes(view[:cut]).isspace()):  # a blank chunk is rare
+                part, chunk_bad, last_bad = _decode_chunk(view[:cut], line_no, newlines)
                 parts.append(part)
                 bad += chunk_bad
-            line_no += chunk.count(b"\n")
-            if not block:
+            line_no += newlines
+            view.release()
+            if not read:
                 break
+            buffer[: end - cut] = buffer[cut:end]  # the part line, to the front
+            filled = end - cut
     return _join(parts, bad, last_bad)
 
 
-def _decode_chunk(chunk: bytes, first_line: int, last_bad: bool):
-    """(columns part, bad lines, whether the last non-blank line was bad) of whole lines."""
+def _decode_chunk(chunk, first_line: int, newlines: int):
+    """(columns part, bad lines, whether the last non-blank line was bad) of whole lines
+    (`chunk`: bytes or a memoryview of them, holding `newlines` line ends)."""
     try:
         rows = _FINITE.decode_lines(chunk)
     except msgspec.ValidationError:  # a string or null somewhere: the slower row type
@@ -112,12 +119,12 @@ def _decode_chunk(chunk: bytes, first_line: int, last_bad: bool):
     if rows is not None:
         values = np.fromiter(map(_ROW, rows), dtype=np.dtype((np.float64, len(FIELDS))), count=len(rows))
         has_loss, has_eval = ~np.isnan(values[:, 1]), ~np.isnan(values[:, 7])
-        return (values, has_loss, has_eval, _line_numbers(chunk, first_line, len(rows))), 0, False
+        return (values, has_loss, has_eval, _line_numbers(chunk, first_line, len(rows), newlines)), 0, False
     try:
         rows = _any_decoder().decode_lines(chunk)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return _decode_by_line(chunk, first_line)
-    lines = _line_numbers(chunk, first_line, len(rows))
+    lines = _line_numbers(chunk, first_line, len(rows), newlines)
     return _any_rows(rows, lines) + (lines,), 0, False
 
 
@@ -128,11 +135,11 @@ def _any_decoder():
     return _ANY
 
 
-def _line_numbers(chunk: bytes, first_line: int, count: int) -> np.ndarray:
+def _line_numbers(chunk, first_line: int, count: int, newlines: int) -> np.ndarray:
     """The line number of each non-blank line of a chunk (msgspec skips blank lines)."""
-    if count == chunk.count(b"\n") + (not chunk.endswith(b"\n")):  # no blank line in it
+    if count == newlines + (chunk[-1:] != b"\n"):  # no blank line in it
         return np.arange(first_line, first_line + count, dtype=np.int64)
-    numbers = [first_line + i for i, text in enumerate(chunk.split(b"\n")) if text.strip()]
+    numbers = [first_line + i for i, text in enumerate(bytes(chunk).split(b"\n")) if text.strip()]
     return np.asarray(numbers[:count], dtype=np.int64)
 
 
@@ -176,7 +183,7 @@ def _number(value, name: str, line: int) -> float:
 def _decode_by_line(chunk: bytes, first_line: int):
     """The slow path for a chunk holding lines that are not JSON: each line on its own."""
     rows, lines, bad, last_bad = [], [], 0, False
-    for offset, text in enumerate(chunk.split(b"\n")):
+    for offset, text in enumerate(bytes(chunk).split(b"\n")):
         if not text.strip():
             continue
         line = first_line + offset
