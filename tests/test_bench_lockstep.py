@@ -4,10 +4,13 @@ The whole pipeline on the CPU (tiny shape): the real `python -m src.run` and the
 Trainer script under the lockstep launcher, a real referee between them."""
 from __future__ import annotations
 
+import pytest
 import json
 import statistics
 
 from conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_lockstep_runs_take_turns_one_step_each(tmp_path):

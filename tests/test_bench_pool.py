@@ -1,10 +1,13 @@
 """`python -m benchmarks.pool`: the pooled dropsweep/bare ratio that the GPU results quote."""
 from __future__ import annotations
 
+import pytest
 import json
 import math
 
 from conftest import run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def results_file(path, ratios, aa=False, mode="nf4"):

@@ -5,6 +5,8 @@ import pytest
 from src.detect import detect, load_curve
 from tests.conftest import read_metrics, read_summary, run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def runs_by(sweep_dir, *keys):
     runs = {}

@@ -20,6 +20,7 @@ def fresh_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("envs-cache")
 
 
+@pytest.mark.system
 def test_overlay_is_built_once_reused_and_imports_its_own_version(fresh_cache):
     assert envs.installed_bnb() != NEW
     python = envs.ensure(NEW, cache_dir=fresh_cache, log=lambda _: None)
@@ -36,6 +37,7 @@ def test_overlay_is_built_once_reused_and_imports_its_own_version(fresh_cache):
     assert [(row["name"], row["ready"]) for row in envs.list_envs(fresh_cache)] == [(f"bnb-{NEW}", True)]
 
 
+@pytest.mark.system
 def test_two_parallel_builds_of_one_new_version_build_it_once(tmp_path):
     command = [sys.executable, "-m", "src.envs", "--cache-dir", str(tmp_path), "ensure", NEW]
     procs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -81,6 +83,7 @@ def test_supported_release_lines_pass_the_checks_and_legacy_stack_composes():
         envs.check_request(legacy, "cpu")
 
 
+@pytest.mark.system
 def test_an_unpublished_version_fails_with_the_installers_reason(tmp_path):
     with pytest.raises(ConfigError, match=r"bnb=0\.99\.1 could not be installed \(.*no version of bitsandbytes"):
         envs.ensure("0.99.1", cache_dir=tmp_path, log=lambda _: None)

@@ -95,6 +95,7 @@ def assert_fast_paths_give_the_plain_tokens(model, tokenizer, prompt: str, n: in
     return plain
 
 
+@pytest.mark.slow
 def test_fast_paths_give_the_plain_greedy_tokens_for_32_tokens_on_peaked_logits():
     model, tokenizer = trained_model("none", steps=40, whole=True)
     plain = assert_fast_paths_give_the_plain_tokens(model, tokenizer, PROMPT)
@@ -102,6 +103,7 @@ def test_fast_paths_give_the_plain_greedy_tokens_for_32_tokens_on_peaked_logits(
     assert top1_probability(model, tokenizer, plain["token_ids"]) > 50 / vocab  # not flat
 
 
+@pytest.mark.slow
 def test_fast_paths_give_the_plain_greedy_tokens_for_32_tokens_on_a_4bit_base():
     model, tokenizer = trained_model("nf4")
     assert_fast_paths_give_the_plain_tokens(model, tokenizer, PROMPT)
@@ -125,6 +127,7 @@ def test_fast_paths_give_the_plain_greedy_tokens_of_a_real_checkpoint():
     assert first_divergence(plain["token_ids"], without["token_ids"]) is not None
 
 
+@pytest.mark.slow
 def test_answers_stop_at_the_end_of_text_token_unless_held_back():
     model, tokenizer = trained_model("none")
     eos = tokenizer.eos_token_id
@@ -136,6 +139,7 @@ def test_answers_stop_at_the_end_of_text_token_unless_held_back():
     assert eos not in fast["token_ids"][:-1]
 
 
+@pytest.mark.slow
 def test_in_place_conversion_uses_the_lora_model_up_layer_by_layer():
     from peft.tuners.lora import LoraLayer
 
@@ -153,6 +157,7 @@ def test_in_place_conversion_uses_the_lora_model_up_layer_by_layer():
     assert out[0, ids.shape[1]:].tolist() == plain["token_ids"]
 
 
+@pytest.mark.slow
 def test_int4_falls_back_to_the_trained_base_in_one_sentence_on_the_cpu():
     model, tokenizer = trained_model("nf4", steps=4)
     plain = plain_generate(model, tokenizer, PROMPT, 16, full_length=True)
@@ -205,6 +210,7 @@ def test_a_random_base_made_on_the_device_is_quantized_as_made_and_seeded():
     assert plain_generate(first, tokenizer, PROMPT, 4)["new_tokens"] == 4
 
 
+@pytest.mark.slow
 def test_cli_answers_from_a_finished_run(tmp_path):
     run = run_cli(["debug=default", "quant=nf4", f"hydra.run.dir={tmp_path}"])
     assert run.returncode == 0, run.stderr[-2000:]

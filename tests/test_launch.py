@@ -79,6 +79,7 @@ def test_a_version_that_cannot_run_here_fails_alone_with_its_sentence(bnb_sweep)
     assert result.returncode == 1 and "2/3 jobs completed (1 failed)" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_reaches_the_reexecuted_job_which_ends_stopped(tmp_path):
     """A single run (no -m) with another bitsandbytes: re-executed into the same run dir; SIGTERM forwarded."""
     env = os.environ | {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -1,10 +1,13 @@
 """notebooks/sweep_analysis.ipynb runs from top to bottom on the card's tiny sweep (nbclient)."""
 from __future__ import annotations
 
+import pytest
 import nbformat
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = ROOT / "notebooks" / "sweep_analysis.ipynb"
 

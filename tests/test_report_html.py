@@ -19,6 +19,8 @@ import pytest
 from src.report.__main__ import main
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.system
+
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--hide-scrollbars", "--window-size=1400,1000", "--remote-debugging-pipe"]
@@ -146,8 +148,8 @@ def test_report_of_the_cards_sweep_in_all_three_forms(tiny_sweep, tmp_path):
     for run in runs:
         assert f"\n| {run} | " in md and f"<td>{run}</td>" in html
     assert {f["name"] for f in data["factors"]} >= {"quant", "lora_r"}
-    sections = ["Environment", "Verdict", "Runs", "Factor attribution", "Loss curves", "Failed, incomplete and skipped",
-                "W&B", "Events in detail"]
+    sections = ["Environment", "Verdict", "Runs", "Factor attribution", "Outcomes by factor", "Answers side by side",
+                "Loss curves", "Failed, incomplete and skipped", "W&B", "Events in detail"]
     assert [line[3:] for line in md.splitlines() if line.startswith("## ")] == sections
     assert "wandb sync" in md  # the card's sweep logs to W&B offline
     plots = sorted(p.name for p in (tiny_sweep / "report_plots").glob("*.png"))

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, read_metrics, read_summary, run_cli
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def slurm_cluster():

@@ -2,8 +2,12 @@
 import math
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_metrics, read_summary, run_cli
 from tests.wandb_history import history, run_record
+
+pytestmark = pytest.mark.slow  # the card's sweep and single runs, each through the real CLI
 
 
 def run_dirs(sweep_dir: Path) -> list[Path]:

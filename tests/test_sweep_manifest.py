@@ -77,6 +77,7 @@ def test_resume_reruns_only_the_jobs_that_did_not_complete(raised_killed_complet
     assert "1 completed job(s) kept" in result.stdout and result.returncode == 1  # job 0 still fails
 
 
+@pytest.mark.slow
 def test_fail_fast_starts_no_job_after_the_first_failure(tmp_path):
     result = run_cli(["-m", *TINY, "train.max_steps=2", "sweep.fail_fast=true", "train.scheduler=no_such_schedule,constant",
                       f"hydra.sweep.dir={tmp_path}"])
