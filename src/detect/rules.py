@@ -22,14 +22,16 @@ carries out:
   the noise is a robust scale of the point-to-point differences about their median (a
   steady descent is no noise), before c and among the new level's points, combined;
 - the way back down after a blow-up, an excursion or an up-shift is not a drop: where the
-  level before c stands above the lowest level of the stretch before it, the fall counts only
-  as far as the new level goes below that earlier level (after_excursion).
+  level before c stands half a drop above the lowest level of the stretch before it, the
+  fall counts only as far as the new level goes below that earlier level (after_excursion);
+- the warm-up's descent is no drop: nothing is reported while the learning rate still rises.
 
 Epoch boundaries, the best-known cause of drops, get their own test with windows inside the
 two epochs, a third of an epoch long (memorisation makes each epoch creep up, then the next
 one starts lower); the windows skip the boundary's two points (the last batch of an epoch is
-often partial, an outlier). After the first boundary such a test needs only epoch_min_score;
-the normal rule also relaxes to it where an epoch ends.
+often partial, an outlier), the fall is sized as the definition sizes it, and it must be at
+the boundary (the best split of its windows lies near it). After the first boundary such a
+test needs only epoch_min_score; the normal rule also relaxes to it where an epoch ends.
 
 Spikes, stalls and non-finite losses have their own simple rules below.
 """
@@ -358,7 +360,7 @@ def split_point(y: np.ndarray, first: int, last: int, offset: int) -> int:
 
 def small_drop_hold(cfg: Settings) -> int:
     """Valid points after its boundary by which any full drop within a scale of it has been
-    decided (the coarsest scale's fresh phase decides last); small drops wait that long."""
+    decided (the coarsest scale decides last); small drops wait that long."""
     s = max(cfg.scales)
     return s + 1 + (s // 2 + 2) + 2 * s
 
