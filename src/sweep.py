@@ -78,12 +78,13 @@ def skip(cfg: DictConfig, sweep_dir, run_dir: Path, name: str) -> dict | None:
         return {"status": "skipped", "overrides": name,
                 "exit_reason": f"skipped (sweep interrupted by {_State.interrupted.name})"}
     earlier = read_summary(run_dir) if cfg.sweep.resume else None
-    if earlier and earlier.get("status") == "completed":
+    kept = ("completed", "failed") if cfg.sweep.get("keep_failed") else ("completed",)
+    if earlier and earlier.get("status") in kept:
         if earlier.get("overrides") != name:
             return {"status": "failed", "overrides": name, "error": (
                 f"{run_dir} holds a completed run of '{earlier.get('overrides')}', not of '{name}'; resume a "
                 f"sweep with its original overrides (make resume SWEEP={sweep_dir}); it was left as it is.")}
-        return earlier | {"exit_reason": "completed in an earlier launch; kept (resume)"}
+        return earlier | {"exit_reason": f"{earlier['status']} in an earlier launch; kept (resume)"}
     if cfg.sweep.fail_fast:
         manifest = mf.read_manifest(sweep_dir)
         failed = sorted(int(n) for n, job in manifest["jobs"].items()

@@ -145,7 +145,8 @@ def command(state: dict, sweep_dir: Path) -> list[str]:
     key = PACKAGES[state["package"]]
     root = __package__.rsplit(".", 1)[0]
     return [sys.executable, "-m", f"{root}.run", "-m", *state["overrides"],
-            f"{key}={','.join(value(v) for v in state['probes'])}", f"hydra.sweep.dir={sweep_dir}"]
+            f"{key}={','.join(value(v) for v in state['probes'])}", "sweep.keep_failed=true",
+            f"hydra.sweep.dir={sweep_dir}"]
 
 
 def launch(state: dict, sweep_dir: Path, echo=print) -> None:
