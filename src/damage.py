@@ -134,6 +134,7 @@ def compare(ref_logprobs: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
     at = torch.arange(len(targets))
     ref_loss = float(-ref_logprobs[at, targets].mean())
     loss = float(-logprobs[at, targets].mean())
+    agreement = float((ref_logprobs.argmax(-1) == logprobs.argmax(-1)).float().mean())
     return {
         "eval_loss_unquantized": ref_loss,
         "eval_loss_quantized": loss,
@@ -141,8 +142,10 @@ def compare(ref_logprobs: torch.Tensor, logprobs: torch.Tensor, targets: torch.T
         "perplexity_unquantized": math.exp(ref_loss),
         "perplexity_quantized": math.exp(loss),
         "kl": float(kl.mean()),
+        "kl_se": float(kl.std() / math.sqrt(len(kl))) if len(kl) > 1 else None,  # the token sample's own error
         "kl_max": float(kl.max()),
-        "top1_agreement": float((ref_logprobs.argmax(-1) == logprobs.argmax(-1)).float().mean()),
+        "top1_agreement": agreement,
+        "top1_se": math.sqrt(agreement * (1 - agreement) / len(targets)),
         "tokens": int(len(targets)),
     }
 

@@ -185,3 +185,17 @@ def test_a_factor_that_only_groups_another_ones_levels_is_not_named_apart():
     [sentence] = verdict_sentences(outcome_table(runs))
     assert sentence.startswith("quant changes the outcome: damage KL 0.0000 at none vs 0.5900 at nf4")
     assert sentence.endswith("(compute_dtype follows quant in this sweep, so its differences are quant's).")
+
+
+def test_exact_damage_is_judged_against_its_own_token_error():
+    runs = make_runs({"int8": [0.0639] * 3, "nf4": [0.5920] * 3, "nf4_dq": [0.5907] * 3}, key="damage")
+    for run in runs:
+        run.summary["damage"]["kl_se"] = 0.006 if run.factors["quant"] == "int8" else 0.034
+    row = only_row(runs, "damage_kl")
+    pairs = {(p.a.level, p.b.level): p for p in row.pairs}
+    double_quant = pairs[("nf4", "nf4_dq")]
+    assert not double_quant.resolved and double_quant.p > 0.9
+    assert "the seed changes nothing, and the difference is within the measurement's own error" in pair_sentence(row, double_quant)
+    assert pairs[("int8", "nf4")].resolved and pairs[("int8", "nf4")].p < 1e-6
+    [effect] = large_effects([row])
+    assert (effect.low.level, effect.high.level, effect.by_error) == ("int8", "nf4", True)

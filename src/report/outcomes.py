@@ -48,13 +48,14 @@ class Outcome:
     label: str
     value: object  # run -> float | None
     better: str  # "lower" | "higher" | "" (neither)
+    error: object = None  # run -> the measurement's own standard error, where it has one (damage: over tokens)
 
 
 OUTCOMES = [
     Outcome("final_eval_loss", "eval loss", lambda r: r.summary.get("final_eval_loss"), "lower"),
     Outcome("best_eval_loss", "best eval loss", _best_eval, "lower"),
-    Outcome("damage_kl", "damage KL", _damage("kl"), "lower"),
-    Outcome("damage_top1", "top-1 agreement", _damage("top1_agreement"), "higher"),
+    Outcome("damage_kl", "damage KL", _damage("kl"), "lower", _damage("kl_se")),
+    Outcome("damage_top1", "top-1 agreement", _damage("top1_agreement"), "higher", _damage("top1_se")),
     Outcome("answer_score", "answer score", lambda r: r.summary.get("answer_score"), "higher"),
     Outcome("tokens_per_s", "tokens/s", lambda r: r.summary.get("tokens_per_s"), "higher"),
     Outcome("peak_mem_gb", "peak memory GB", lambda r: r.summary.get("peak_mem_gb"), "lower"),
@@ -95,6 +96,7 @@ class Pair:
     b: Level
     p: float | None  # None: no same-level spread to compare with (one run per level)
     spreads: float | None  # the difference in pooled same-level standard deviations
+    by_error: bool = False  # same-level runs agree exactly; judged against the measurement's own error
 
     @property
     def difference(self) -> float:
@@ -132,6 +134,7 @@ class LargeEffect:
     high: Level
     replicated: bool
     spreads: float | None
+    by_error: bool = False
 
     @property
     def ratio(self) -> float | None:
@@ -146,6 +149,17 @@ def level_values(runs, factor, outcome: Outcome) -> list[Level]:
             by_level.setdefault(factor.value[run.name], []).append(float(value))
             names.setdefault(factor.value[run.name], []).append(run.name)
     return [Level(level, by_level[level], names[level]) for level in factor.levels if level in by_level]
+
+
+def level_errors(runs, factor, outcome: Outcome) -> dict:
+    """Per level, the mean of its runs' own standard errors (None where a run has none)."""
+    if outcome.error is None:
+        return {}
+    found = {}
+    for run in runs:
+        if run.status in USED_STATUSES and outcome.value(run) is not None:
+            found.setdefault(factor.value[run.name], []).append(outcome.error(run))
+    return {level: (sum(v) / len(v) if all(isinstance(x, (int, float)) for x in v) else None) for level, v in found.items()}
 
 
 def pooled_spread(levels: list[Level]) -> tuple[float | None, int, np.ndarray]:
@@ -188,11 +202,18 @@ def factor_outcome(runs, factor, outcome: Outcome) -> FactorOutcome | None:
     if len(levels) > MAX_PAIR_LEVELS:
         return result
     resampled = bootstrap_t(levels, deviations) if sd is not None and not exact else None
+    errors = level_errors(runs, factor, outcome) if exact else {}
     for i, j in combinations(range(len(levels)), 2):
         a, b = levels[i], levels[j]
         difference = b.mean - a.mean
         if sd is None:
             result.pairs.append(Pair(a, b, None, None))
+        elif exact and errors.get(a.level) is not None and errors.get(b.level) is not None:
+            # the seed changes nothing; what is left is the measurement's own error (the same tokens for both,
+            # so adding the two errors is the cautious side)
+            se = math.hypot(errors[a.level], errors[b.level])
+            z = abs(difference) / se if se > 0 else (math.inf if difference else 0.0)
+            result.pairs.append(Pair(a, b, math.erfc(z / math.sqrt(2)), z, by_error=True))
         elif exact:
             moved = abs(difference) > 1e-9 * scale
             result.pairs.append(Pair(a, b, 0.0 if moved else 1.0, math.inf if moved else 0.0))
@@ -235,7 +256,7 @@ def large_effects(table: list[FactorOutcome]) -> list[LargeEffect]:
         if row.replicated:
             pair = next((p for p in row.pairs if {p.a.level, p.b.level} == {low.level, high.level}), None)
             if pair is not None and pair.resolved and pair.spreads >= LARGE_SPREADS and relative >= LARGE_RELATIVE:
-                found.append(LargeEffect(row.factor, row.outcome, low, high, True, pair.spreads))
+                found.append(LargeEffect(row.factor, row.outcome, low, high, True, pair.spreads, pair.by_error))
         elif low.mean > 0 and high.mean / low.mean >= LARGE_RATIO:
             found.append(LargeEffect(row.factor, row.outcome, low, high, False, None))
     order = [o.key for o in OUTCOMES]
@@ -275,11 +296,16 @@ def pair_sentence(row: FactorOutcome, pair: Pair) -> str:
     if pair.p is None:
         ratio = f" ({pair.ratio:.3g}x)" if pair.ratio and pair.ratio >= 1.005 else ""
         return f"{head}: unreplicated, a difference of {abs(pair.difference):.{places}f}{ratio} with no same-level runs to compare it with"
-    if not pair.resolved:
+    if not pair.resolved and not pair.by_error:
         return f"{head}: no difference the sweep can resolve (p = {pair.p:.2g})"
+    if pair.by_error and not pair.resolved:
+        return (f"{head}: the seed changes nothing, and the difference is within the measurement's own error "
+                f"over its tokens (p = {pair.p:.2g})")
     higher = b if pair.difference > 0 else a
     ratio = f", {pair.ratio:.2g}x" if pair.ratio and pair.ratio >= 1.1 else ""
-    spread = "same-level runs agree exactly" if math.isinf(pair.spreads) else f"{pair.spreads:.1f} same-level spreads"
+    spread = ("same-level runs agree exactly" if math.isinf(pair.spreads) else
+              f"the seed changes nothing; {pair.spreads:.1f} times the measurement's own error over its tokens"
+              if pair.by_error else f"{pair.spreads:.1f} same-level spreads")
     return (f"{head}: {higher.level} higher by {abs(pair.difference):.{places}f}{ratio}, beyond the spread "
             f"({spread}; p {'< 0.0001' if pair.p < 1e-4 else f'= {pair.p:.2g}'})")
 
@@ -292,7 +318,9 @@ def effect_sentence(effect: LargeEffect) -> str:
               f"{effect.high.mean:.{places}f} at {effect.high.level}{ratio}")
     if not effect.replicated:
         return f"{effect.factor} changes the outcome: {values}, one run per level (unreplicated)"
-    spread = ("runs of the same level agree exactly" if math.isinf(effect.spreads)
+    spread = ("runs of the same level agree exactly" if math.isinf(effect.spreads) else
+              f"runs of the same level agree exactly, and it is {effect.spreads:.0f}x the measurement's own error"
+              if effect.by_error
               else f"{effect.spreads:.0f}x the spread between runs of the same level")
     return f"{effect.factor} changes the outcome: {values}, {spread}"
 
