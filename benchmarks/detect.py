@@ -1,10 +1,12 @@
 """Benchmark of the loss-anomaly detector against ruptures PELT and river PageHinkley.
 
-    python -m benchmarks.detect              # the full run (about a minute on 2 CPU cores)
+    python -m benchmarks.detect              # the full run (a few minutes on 2 CPU cores)
     python -m benchmarks.detect --quick      # a smaller suite, for a first look
     python -m benchmarks.detect --set min_score=4.5    # with other detector settings
 
-Every method sees the same synthetic curves (src/detect/synthetic.py). A detection matches a
+Every method sees the same synthetic curves (src/detect/synthetic.py), hard negatives built
+after real logs among them (excursions that come back, noisy plateaus, many short epochs),
+and the streaming face is timed per update on them. A detection matches a
 true event of its kind within MATCH_POINTS logged points. Drops are scored as drops only:
 reporting a true drop as a small drop is a miss, a small step reported as a drop a false
 alarm. The baselines only find change points, so they are scored on drops, and get their best
