@@ -86,9 +86,10 @@ def test_a_file_too_large_for_the_memory_left_is_one_sentence(tmp_path):
         "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
         f"sys.exit(main([{str(path)!r}, '--json']))\n"
     )
+    assert 5e6 < path.stat().st_size < 6e6
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == "", done.stderr
-    assert done.stderr.count("\n") == 1 and "too large to read here" in done.stderr and "GB of memory" in done.stderr
+    assert done.stderr.count("\n") == 1 and "is too large to read here: its 5." in done.stderr and "MB of memory" in done.stderr
 
 
 def test_reading_takes_a_small_multiple_of_the_file(tmp_path):

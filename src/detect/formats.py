@@ -269,7 +269,7 @@ def load_curve(path) -> Curve:
     except RecursionError:
         raise LogFormatError(f"{path} is JSON nested too deeply to be a training log") from None
     except MemoryError:
-        raise LogFormatError(f"{path} is too large to read in the memory available ({size / 1e9:.1f} GB file); read it on a machine with more memory") from None
+        raise LogFormatError(f"{path} ({_amount(size)}) is too large to read in the memory available; read it on a machine with more memory") from None
     except (UnicodeDecodeError, OSError) as error:
         raise LogFormatError(f"{path} could not be read ({error})") from None
     return curve
@@ -283,9 +283,14 @@ def _check_memory(size: int, per_byte: int) -> None:
     available = _available_memory()
     if available is not None and size * per_byte > available:
         raise LogFormatError(
-            f"is too large to read here: {size / 1e9:.1f} GB would need about {size * per_byte / 1e9:.1f} GB "
-            f"of memory and {available / 1e9:.1f} GB is available; read it on a machine with more memory"
+            f"is too large to read here: its {_amount(size)} would need about {_amount(size * per_byte)} "
+            f"of memory and {_amount(available)} is available; read it on a machine with more memory"
         )
+
+
+def _amount(size: float) -> str:
+    """'5.2 MB', '1.3 GB'."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def _available_memory() -> int | None:
