@@ -20,6 +20,27 @@ from . import answers, damage
 from .rundir.files import write_json
 
 
+def check(settings) -> None:
+    """Refuse a measure.* value that cannot work, in one sentence, before any model loads."""
+    from .errors import ConfigError
+    from .models import DTYPES
+
+    wanted = {"damage.rows": (1, "a number of held-out rows, 1 or more"),
+              "damage.max_cache_mb": (1, "megabytes, 1 or more"),
+              "answers.held_out": (0, "a number of prompts, 0 or more"),
+              "answers.trained": (0, "a number of prompts, 0 or more"),
+              "answers.max_new_tokens": (1, "a number of tokens, 1 or more")}
+    for key, (least, what) in wanted.items():
+        group, name = key.split(".")
+        value = (settings.get(group) or {}).get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < least):
+            raise ConfigError(f"measure.{key}={value} is not {what}; set measure.{key} to one.")
+    dtype = (settings.get("damage") or {}).get("reference_dtype")
+    if dtype is not None and str(dtype) not in DTYPES:
+        raise ConfigError(f"measure.damage.reference_dtype={dtype} is not a dtype dropsweep knows; "
+                          f"use one of {', '.join(DTYPES)}.")
+
+
 class Measurements:
     def __init__(self, cfg, device: str):
         self.cfg, self.device = cfg, device
@@ -30,6 +51,7 @@ class Measurements:
         self.base_answers: dict | None = None
         self.prompts: list = []
         self.prepare_s = 0.0
+        check(self.settings)
 
     def prepare(self) -> None:
         if not (self.damage_on or self.answers_on):

@@ -62,3 +62,14 @@ def test_smollm2_4bit_damages_more_than_8bit():
         assert results[four_bit]["kl"] > 2 * results["int8"]["kl"] > 0
         assert results[four_bit]["top1_agreement"] < results["int8"]["top1_agreement"] < 1.0
         assert results[four_bit]["eval_loss_quantized"] > results["int8"]["eval_loss_quantized"]
+
+
+def test_a_measure_value_that_cannot_work_is_refused_in_one_sentence():
+    from src.errors import ConfigError
+    from src.measure import Measurements
+
+    with pytest.raises(ConfigError, match=r"^measure.damage.rows=0 is not a number of held-out rows, 1 or more; "):
+        Measurements(compose_config(["measure.damage.rows=0"]), "cpu")
+    with pytest.raises(ConfigError, match="reference_dtype=float8 is not a dtype dropsweep knows; use one of float32"):
+        Measurements(compose_config(["measure.damage.reference_dtype=float8"]), "cpu")
+    Measurements(compose_config([]), "cpu")  # the defaults pass
