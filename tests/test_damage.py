@@ -73,3 +73,18 @@ def test_a_measure_value_that_cannot_work_is_refused_in_one_sentence():
     with pytest.raises(ConfigError, match="reference_dtype=float8 is not a dtype dropsweep knows; use one of float32"):
         Measurements(compose_config(["measure.damage.reference_dtype=float8"]), "cpu")
     Measurements(compose_config([]), "cpu")  # the defaults pass
+
+
+@pytest.mark.slow  # four tiny jobs through the real sweep and the report: about a minute on 2 cores
+def test_the_quant_damage_preset_on_the_tiny_model_names_quant_for_its_damage(tmp_path):
+    from src.report.build import make_report
+    from tests.conftest import run_cli
+
+    result = run_cli(["experiment=quant_damage", "model=tiny_neox", "quant=none,int8",
+                      "train.seed=1,2", "train.max_steps=2", "logger=disk", "threads=1",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "reference").glob("tiny_neox-float32-*.pt"))) == 1  # one reference for the sweep
+    report = make_report(tmp_path / "sweep", plots=False)
+    assert "quant changes the outcome: damage KL 0.0" in report.verdict
+    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/answers.json")) == ["0", "1", "2", "3"]
