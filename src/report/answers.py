@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .outcomes import coarser
 from .render import Heading, Table, Text
 
 TICK = " ✓"
@@ -32,8 +33,12 @@ def blocks(report) -> list:
     runs = [(run, data) for run, data in runs if data]
     if not runs:
         return []
-    factors = [f for f in report.attribution.factors if not f.name.rsplit(".", 1)[-1] == "seed"]
-    seeds = [f for f in report.attribution.factors if f.name.rsplit(".", 1)[-1] == "seed"]
+    factors, seeds = [], [f for f in report.attribution.factors if f.name.rsplit(".", 1)[-1] == "seed"]
+    for factor in (f for f in report.attribution.factors if f not in seeds):
+        groups = {level: {n for n, v in factor.value.items() if v == level} for level in factor.levels}
+        if not any(coarser(groups, {lv: {n for n, v in f.value.items() if v == lv} for lv in f.levels})
+                   for f in factors):  # compute_dtype in a quant sweep says nothing the quant mode does not
+            factors.append(factor)
 
     def label(run) -> str:
         values = [f.value.get(run.name, "") for f in factors] + [f"seed {f.value.get(run.name, '')}" for f in seeds]
