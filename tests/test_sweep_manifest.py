@@ -26,55 +26,70 @@ def files_of(run_dir) -> dict:
     return files | {f".hydra/{p.name}": p.read_bytes() for p in (run_dir / ".hydra").iterdir()}  # Hydra rewrites these
 
 
+def wait_for_child(proc, sweep_dir, num: str, steps: int = 2) -> dict:
+    """The manifest entry of job `num` once its own process has logged a few steps."""
+    run_dir, deadline = sweep_dir / num, time.time() + 180
+    while True:
+        job = manifest(sweep_dir).get(num, {}) if (sweep_dir / "manifest.json").exists() else {}
+        if "python" in job and (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= steps:
+            return job
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
-def raised_killed_completed(tmp_path_factory):
-    """3 jobs, each in its own process: 0 raises (no such scheduler), 1 is SIGKILLed mid-training, 2 completes."""
+def failed_killed_stopped(tmp_path_factory):
+    """3 jobs, each in its own process: 0 fails (no such scheduler), 1 is SIGKILLed mid-training, 2 is stopped
+    by a SIGTERM to its own process; the sweep goes on past each."""
     sweep_dir = tmp_path_factory.mktemp("crash-sweep")
     env = os.environ | {"WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "src.run", "-m", *TINY, "sweep.isolate=true", "train.max_steps=60",
+    proc = subprocess.Popen([sys.executable, "-m", "src.run", "-m", *TINY, "sweep.isolate=true", "train.max_steps=150",
                              "train.scheduler=no_such_schedule,constant,linear", f"hydra.sweep.dir={sweep_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_dir, deadline = sweep_dir / "1", time.time() + 180
-    while True:  # job 1's own process, once it has logged a few steps
-        job = manifest(sweep_dir).get("1", {}) if (sweep_dir / "manifest.json").exists() else {}
-        if "python" in job and (run_dir / "metrics.jsonl").exists() and len(read_metrics(run_dir)) >= 2:
-            break
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    os.kill(job["pid"], signal.SIGKILL)
+    os.kill(wait_for_child(proc, sweep_dir, "1")["pid"], signal.SIGKILL)
+    os.kill(wait_for_child(proc, sweep_dir, "2")["pid"], signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
-    return sweep_dir, proc.returncode, out, {d: files_of(sweep_dir / d) for d in ("0", "1", "2")}
+    logged = {d: (sweep_dir / d / "metrics.jsonl").read_bytes() for d in ("1", "2")}
+    return sweep_dir, proc.returncode, out, logged
 
 
 @pytest.mark.slow
-def test_manifest_says_which_job_raised_which_was_killed_which_completed(raised_killed_completed):
-    sweep_dir, returncode, out, _ = raised_killed_completed
+def test_manifest_says_which_job_failed_which_was_killed_which_stopped(failed_killed_stopped):
+    sweep_dir, returncode, out, _ = failed_killed_stopped
     jobs = manifest(sweep_dir)
-    assert [jobs[n]["status"] for n in ("0", "1", "2")] == ["failed", "killed", "completed"], out[-3000:]
-    assert "ValueError" in jobs["0"]["exit_reason"] and "no_such_schedule" in jobs["0"]["exit_reason"]
+    assert [jobs[n]["status"] for n in ("0", "1", "2")] == ["failed", "killed", "stopped"], out[-3000:]
+    assert "train.scheduler=no_such_schedule is not a learning-rate schedule" in jobs["0"]["exit_reason"]
     assert jobs["1"]["exit_reason"].startswith("killed by SIGKILL after step")
+    assert jobs["2"]["exit_reason"] == "received SIGTERM"
     for job in jobs.values():
         assert {"overrides", "run_dir", "started_at", "ended_at", "device", "pid", "attempts"} <= job.keys()
-        assert job["device"] == "cpu" and job["attempts"] == 1 and job["run_dir"] == str(job["job"])  # relative: the sweep dir can move
+        assert job["device"] == "cpu" and job["attempts"] == 1 and job["run_dir"] == str(job["job"])  # relative
     # the killed run: summary left `running`, every logged step readable
     assert read_summary(sweep_dir / "1")["status"] == "running"
     steps = [r["step"] for r in read_metrics(sweep_dir / "1") if "loss" in r]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 2
     # a status line as each job ended, and an exit code that says not every job completed
     assert out.index("[dropsweep] job 0") < out.index("[dropsweep] job 1") < out.index("[dropsweep] job 2")
-    assert "1/3 jobs completed (1 failed, 1 killed)" in out and returncode == 1
+    assert "0/3 jobs completed (1 failed, 1 killed, 1 stopped)" in out and returncode == 1
 
 
 @pytest.mark.slow
-def test_resume_reruns_only_the_jobs_that_did_not_complete(raised_killed_completed):
-    sweep_dir, _, _, before = raised_killed_completed
+def test_resume_reruns_what_did_not_complete_and_loses_no_step(failed_killed_stopped):
+    sweep_dir, _, _, logged = failed_killed_stopped
     result = run_cli(["resume", str(sweep_dir)], module="src.sweep")
     jobs = manifest(sweep_dir)
     assert [jobs[n]["status"] for n in ("0", "1", "2")] == ["failed", "completed", "completed"], result.stdout[-3000:]
-    assert [jobs[n]["attempts"] for n in ("0", "1", "2")] == [2, 2, 1]
-    assert files_of(sweep_dir / "2") == before["2"]  # the completed run is never touched (.hydra/: same bytes)
-    assert read_summary(sweep_dir / "1")["status"] == "completed" and read_summary(sweep_dir / "1")["steps"] == 60
-    assert "1 completed job(s) kept" in result.stdout and result.returncode == 1  # job 0 still fails
+    assert [jobs[n]["attempts"] for n in ("0", "1", "2")] == [2, 2, 2]
+    for num in ("1", "2"):  # every logged step of the first attempt is still on disk, byte for byte
+        assert (sweep_dir / num / "attempts" / "1" / "metrics.jsonl").read_bytes() == logged[num]
+        assert read_summary(sweep_dir / num)["steps"] == 150
+    after_first = {d: files_of(sweep_dir / d) for d in ("1", "2")}
+    again = run_cli(["resume", str(sweep_dir)], module="src.sweep")
+    assert "2 completed job(s) kept" in again.stdout and again.returncode == 1  # job 0 still fails
+    assert {d: files_of(sweep_dir / d) for d in ("1", "2")} == after_first  # completed jobs never touched
+    report = run_cli([str(sweep_dir), "--no-plots"], module="src.report")
+    md = (sweep_dir / "report.md").read_text()
+    assert "attempt 2; the earlier one is kept under attempts/" in md and "no_such_schedule" in md, report.stdout[-2000:]
 
 
 @pytest.mark.slow

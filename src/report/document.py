@@ -88,6 +88,8 @@ def run_cells(run, factors) -> list:
     a, s = run.analysis, run.summary
     events = a.events if a is not None else []
     status = run.status + (f": {run.reason}" if run.reason and run.status != "completed" else "")
+    if run.status == "completed" and getattr(run, "attempts", 1) > 1:
+        status += f" (attempt {run.attempts}; the earlier {'one is' if run.attempts == 2 else 'ones are'} kept under attempts/)"
     steps = s.get("steps") if s.get("steps") is not None else (a.last_step if a else None)
     final = a.final_loss if a is not None and a.error is None else s.get("final_loss")
     best = a.best_loss if a is not None and a.error is None else s.get("best_loss")
