@@ -1,6 +1,7 @@
 """`pip install .` gives an importable `dropsweep` with its console script and configs; a checkout keeps
 `python -m src.run` working."""
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,10 +21,13 @@ def test_every_subpackage_of_src_is_installed():
 
 @pytest.mark.system
 def test_an_installed_wheel_runs_a_job_and_detects_outside_the_checkout(tmp_path):
-    wheel_dir, target, work = tmp_path / "wheel", tmp_path / "site", tmp_path / "elsewhere"
+    wheel_dir, target, work, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "elsewhere", tmp_path / "source"
     work.mkdir()
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "src", "conf"):  # a copy: building writes build/ beside the sources
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir),
-                    str(ROOT)], check=True, capture_output=True, text=True)
+                    str(source)], check=True, capture_output=True, text=True)
     [wheel] = wheel_dir.glob("dropsweep-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True)
