@@ -28,6 +28,7 @@ from packaging.requirements import Requirement
 from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError
+from .rundir.files import installed_version
 
 READY = "dropsweep-env.json"  # written last: an overlay without it was never finished
 CPU_SINCE = Version("0.46.0")
@@ -45,12 +46,7 @@ def envs_dir(cache_dir) -> Path:
 
 def installed_bnb() -> str | None:
     """The version of bitsandbytes in the project environment (metadata only: no import)."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("bitsandbytes")
-    except metadata.PackageNotFoundError:
-        return None
+    return installed_version("bitsandbytes")
 
 
 def requested(bnb: DictConfig) -> tuple[str, dict[str, str]]:
@@ -138,12 +134,7 @@ def check_request(bnb: DictConfig, device: str) -> None:
 
 
 def _installed(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+    return installed_version(name)
 
 
 def _transformers_bnb_minimum() -> str | None:

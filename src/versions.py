@@ -4,21 +4,16 @@ from __future__ import annotations
 import platform
 import resource
 import sys
-from importlib import metadata
-
 import torch
+
+from .rundir.files import installed_version
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "wandb", "hydra-core")
 
 
 def library_versions() -> dict[str, str | None]:
     versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return versions | {name: installed_version(name) for name in LIBRARIES}
 
 
 def bitsandbytes_version() -> str | None:
