@@ -87,9 +87,13 @@ class NoiseBefore:
 
     def __init__(self, diffs: np.ndarray):
         self.diffs = diffs
-        # Near the start the window is all the differences so far, max(c - 1, 1) of them.
-        count = min(NOISE_POINTS, len(diffs) + 1) if len(diffs) else 0
-        self.head = np.array([noise_scale(diffs[: max(c - 1, 1)]) for c in range(count)])
+        self._head: dict[int, float] = {}  # c < NOISE_POINTS -> its scale, worked out when asked for
+
+    def head(self, c: int) -> float:
+        """Near the start the window is all the differences so far, max(c - 1, 1) of them."""
+        if c not in self._head:
+            self._head[c] = float(noise_scale(self.diffs[: max(c - 1, 1)])) if len(self.diffs) else 0.0
+        return self._head[c]
 
     def __call__(self, c) -> np.ndarray:
         c = np.atleast_1d(c)
@@ -97,7 +101,8 @@ class NoiseBefore:
         full = c >= NOISE_POINTS
         if full.any():
             sigma[full] = noise_scale(sliding_window_view(self.diffs, NOISE_POINTS - 1)[c[full] - NOISE_POINTS])
-        sigma[~full] = self.head[c[~full]] if (~full).any() else 0.0
+        for i in np.flatnonzero(~full).tolist():
+            sigma[i] = self.head(int(c[i]))
         return sigma
 
 
