@@ -104,7 +104,7 @@ def tolerance(points: int) -> float:
 
 
 def score_curve(item: Labelled, drop_steps) -> Score:
-    """Score the steps of the `drop` detections on one labelled curve (DROP_SPEC's rule)."""
+    """Score the steps of the `drop` detections on one labelled curve (the scoring rule in this module's docstring)."""
     steps = np.asarray(item.curve.step)
     label, n = item.label, len(steps)
     tol = tolerance(n)

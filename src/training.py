@@ -11,7 +11,7 @@ from transformers.trainer_callback import PrinterCallback
 
 
 class MetricsStream(TrainerCallback):
-    """Turns each Trainer log into one metrics row (DESIGN.md contract) and hands it on."""
+    """Turns each Trainer log into one metrics row (src/rundir/metrics.py) and hands it on."""
 
     def __init__(self, sink: Callable[[dict], None], print_every: int = 10, synchronize: bool = False):
         self.sink = sink

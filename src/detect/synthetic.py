@@ -26,7 +26,7 @@ Hard negatives, shapes of real logs that hold no drop (the detector must stay qu
                    of a few percent and a one-point spike at the end of each epoch (a partial
                    last batch); steps of 5% or more are don't-care (neither found nor missed)
 
-`smollm2_staircase` rebuilds the staircase measured on SmolLM2-135M (DESIGN.md): 6 epochs
+`smollm2_staircase` rebuilds the staircase measured on SmolLM2-135M on the CPU: 6 epochs
 of 12 logged steps, epoch medians 1.5 -> 1.2 -> 0.95 -> 0.81 -> 0.75 -> 0.65, creeping up
 inside each epoch, after a fast first descent.
 
