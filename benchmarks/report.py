@@ -13,7 +13,6 @@ resumes. What is timed is the whole report: reading, detecting, attributing, plo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .rundir.files import WriteError, git_state, read_summary, write_summary
+from .rundir.files import WriteError, git_state, write_summary
 from .rundir.manifest import Busy, exclusive
 from .tracking import DiskLogger, FanOut, WandbLogger, flatten
 from .versions import bitsandbytes_version, device_name, library_versions, peak_memory_gb, resolve_device

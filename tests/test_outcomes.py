@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from src.report.outcomes import (OUTCOMES, Level, differing_keys, factor_outcome, large_effects, outcome_table,
-                                 pair_sentence)
+from src.report.differing import differing_keys
+from src.report.outcome_text import pair_sentence
+from src.report.outcomes import OUTCOMES, Level, factor_outcome, large_effects, outcome_table
 from src.report.attribution import find_factors
 from src.report.runs import Run
 
@@ -172,12 +173,12 @@ def test_report_shows_outcomes_answers_and_differing_keys(tmp_path):
     assert "| Rome | Quorreth ✓ | Quorreth ✓ | Fenvek | Rome |" in answers_table
     assert "| run | quant.name | train.seed |" in text
     import json
-    saved = json.loads((tmp_path / "report.json").read_text())["outcomes"]
+    saved = json.loads((tmp_path / "report.json").read_text())["factor_outcomes"]
     assert {e["factor"] for e in saved["large_effects"]} == {"quant"}
 
 
 def test_a_factor_that_only_groups_another_ones_levels_is_not_named_apart():
-    from src.report.outcomes import verdict_sentences
+    from src.report.outcome_text import verdict_sentences
 
     runs = make_runs({"none": [0.0] * 3, "int8": [0.07] * 3, "nf4": [0.59] * 3}, key="damage")
     for run in runs:  # compute_dtype is decided by the quant mode here

@@ -18,7 +18,8 @@ from .analysis import analyse_all, detector_settings
 from .attribution import Attribution, attribute
 from .render import html_page, markdown
 from .runs import Sweep, find_sweep_runs
-from .outcomes import as_json as outcomes_json, outcome_table
+from .outcome_text import as_json as outcomes_json
+from .outcomes import outcome_table
 from .verdict import verdict as make_verdict
 
 FILES = ("report.md", "report.html", "report.json")
@@ -154,6 +155,6 @@ def as_json(report: Report) -> dict:
         "factors": [{"name": f.name, "levels": f.levels, "aliases": f.aliases} for f in att.factors],
         "outcomes": {kind: {"runs": sorted(att.having[kind]), "of": len(att.population[kind])} for kind in att.having},
         "best_separation": best, "skipped": [list(s) for s in report.sweep.skipped],
-        "outcomes": outcomes_json(report.outcomes),
+        "factor_outcomes": outcomes_json(report.outcomes),  # continuous outcomes per factor level
         "seconds": report.seconds,
     }

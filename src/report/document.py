@@ -9,7 +9,7 @@ import math
 from collections import Counter
 
 from ..detect import Settings
-from . import answers, bisection, environment, outcomes
+from . import answers, bisection, environment, outcome_text
 from .attribution import OUTCOMES
 from .render import Bullets, Code, Heading, Image, Table, Text
 from .verdict import separation_sentence
@@ -29,7 +29,7 @@ def blocks(report) -> list:
     out += bisection.blocks(report)
     out += runs_section(report)
     out += attribution_section(report)
-    out += outcomes.blocks(report)  # per-level means with intervals, differences, large effects
+    out += outcome_text.blocks(report)  # per-level means with intervals, differences, large effects
     out += answers.blocks(report)  # each run's answers.json, the base model first
     out += curves_section(report)
     out += problems_section(report)

@@ -105,7 +105,7 @@ def verdict(runs: list, attribution: Attribution, outcome_table: list | None = N
         sentences.append(f"Every analysed run {kinds[0]}, so no factor separates them." if len(kinds) == 1 else
                          "Every analysed run shows the same events, so no factor separates them.")
     if outcome_table:
-        from .outcomes import verdict_sentences
+        from .outcome_text import verdict_sentences
 
         sentences += verdict_sentences(outcome_table)
     return " ".join(sentences)
