@@ -82,3 +82,17 @@ def test_a_stale_lock_of_a_killed_sweep_is_taken_over(tmp_path):
     assert [job["status"] for job in manifest(tmp_path).values()] == ["completed", "completed"]
     # the killed attempt's steps are kept beside the new run
     assert len(read_metrics(tmp_path / "0" / "attempts" / "1")) >= 3
+
+
+def test_a_second_ctrl_c_ends_the_sweep_at_once(tmp_path):
+    proc = start_sweep(tmp_path, "train.max_steps=100000", "lora.r=4,8")
+    wait_for_steps(proc, tmp_path / "0")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]  # ends at once, interrupted (130, or killed by the SIGINT itself)
+    assert proc.returncode in (130, -signal.SIGINT), out[-3000:]
+    rows = read_metrics(tmp_path / "0")  # what was logged stays readable
+    assert [r["step"] for r in rows if "loss" in r][:3] == [1, 2, 3]
+    assert manifest(tmp_path)["1"]["status"] in ("pending", "skipped")  # never started
+    assert not (tmp_path / "1" / "metrics.jsonl").exists()
