@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -31,15 +30,12 @@ from omegaconf import OmegaConf
 from . import envs
 from .errors import ConfigError
 from .rundir.files import read_summary, write_summary
+from .rundir.manifest import now
 from .sweep import CHILD_ENV, interrupted
 from .train import archive_attempt, initial_summary, train
 from .versions import resolve_device
 
 GROUP_ENV = "DROPSWEEP_GROUP"  # the W&B group (the sweep's name) handed to the child
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def group_name(hydra_cfg, run_dir: Path) -> str:
@@ -82,7 +78,7 @@ def run(cfg, spec: JobSpec) -> dict:
     with _gpu_slot(cfg, device, spec.multirun) as gpu:
         if gpu is not None:
             spec.notify(gpu=gpu, gpu_since=now())
-        return _run_child(cfg, spec, python, gpu) | ({"gpu": gpu} if gpu is not None else {})
+        return _run_child(cfg, spec, python, gpu, device, reasons) | ({"gpu": gpu} if gpu is not None else {})
 
 
 def slurm_requeued() -> bool:
@@ -119,7 +115,7 @@ def child_command(hydra_cfg, run_dir: Path, python: str = "python") -> list[str]
             "hydra.output_subdir=null"]
 
 
-def _run_child(cfg, spec: JobSpec, python: str, gpu) -> dict:
+def _run_child(cfg, spec: JobSpec, python: str, gpu, device: str, reasons: list[str]) -> dict:
     env = os.environ | {CHILD_ENV: "1", GROUP_ENV: spec.group}
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -127,14 +123,15 @@ def _run_child(cfg, spec: JobSpec, python: str, gpu) -> dict:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.threads)
     command = [python, *spec.command[1:]]
     if interrupted():
-        return _not_started(cfg, spec, resolve_device(cfg.device), f"not started: the sweep was interrupted by {interrupted().name}", status="skipped")
+        return _not_started(cfg, spec, device, f"not started: the sweep was interrupted by {interrupted().name}",
+                            status="skipped")
     child = subprocess.Popen(command, cwd=spec.cwd, env=env, start_new_session=True, preexec_fn=_die_with_parent)
-    spec.notify(pid=child.pid, python=python, process=" and ".join(child_reasons(cfg, resolve_device(cfg.device), spec.multirun)))
+    spec.notify(pid=child.pid, python=python, process=" and ".join(reasons))
     with _forward_signals(child):
         returncode = child.wait()
     summary = read_summary(spec.run_dir)
     if summary is None:
-        return _not_started(cfg, spec, resolve_device(cfg.device),
+        return _not_started(cfg, spec, device,
                             f"the job's process ({' '.join(command[:3])}) exited with code {returncode} "
                             f"before it started; its output is above")
     if summary.get("status") == "running":  # it never recorded an end: killed, or crashed hard

@@ -51,7 +51,6 @@ class DiskLogger:
             self._file = self.path.open("a", buffering=1)  # a new attempt starts after the last one moved away
         except OSError as exc:
             raise WriteError(describe_os_error(exc, self.path, "opening")) from exc
-        self.events: list[dict] = []
         self.summary: dict = {}
 
     def _write(self, text: str) -> None:
@@ -68,9 +67,8 @@ class DiskLogger:
         write_json(self.run_dir / "config.json", config)
 
     def event(self, event: dict, alert: bool) -> None:
-        self.events.append(event)
-        if self.summary:
-            write_summary(self.run_dir, self.summary | {"events": self.events})
+        if self.summary:  # the run's summary, which holds its events: what the run knows so far
+            write_summary(self.run_dir, self.summary)
 
     def close(self, summary: dict) -> None:
         with contextlib.suppress(OSError):  # a full disk: the summary below says so, if it can
