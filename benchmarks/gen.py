@@ -40,7 +40,8 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gen.py` as well as `python -
 SIZES = {"1.3b": "polyglot_ko_1_3b_random", "12.8b": "polyglot_ko_12_8b_random"}
 TINY_SHAPE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256}
 PATHS = {  # name -> (weights, decoding ways in order)
-    "base": ("base", ["graphs", "eager"]),
+    "base": ("base", ["fused", "graphs", "eager"]),
+    "base_graphs": ("base", ["graphs", "eager"]),
     "int4": ("int4", ["graphs", "eager"]),
     "dense": ("dense", ["inductor", "graphs", "eager"]),
     "int4_inductor": ("int4", ["inductor"]),
@@ -164,7 +165,57 @@ def run_path(name: str, model, tokenizer, prompt: str, args, plain_ids: list[int
            "runs_agree": all(a["token_ids"] == first["token_ids"] for a in answers), "answer": first["answer"]}
     if "compile_error" in first:
         out["fell_back"] = first["compile_error"]
+    if fast.decoder is not None and fast.decoder.graph is not None:
+        out |= decode_breakdown(fast.model, fast.decoder)
     return out
+
+
+def _replay_ms(graph, before=None, n: int = 30) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        if before:
+            before()
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def decode_breakdown(model, decoder) -> dict:
+    """One decoding step's GPU time (a replay of its graph), and how much of it the 4-bit kernel alone takes
+    (every unrolled layer's `gemv_4bit`, recorded in order in a graph of their own), with the bytes it reads."""
+    from src.generation.unrolled import Unrolled4bit
+
+    position = int(decoder.pos)
+
+    def rewind():
+        decoder.pos.fill_(position - 1)
+        decoder.count.fill_(1)
+
+    out = {"step_ms": round(_replay_ms(decoder.graph, rewind), 3)}
+    layers = [m for m in model.modules() if isinstance(m, Unrolled4bit)]
+    if not layers:
+        return out
+    inputs = [torch.randn(1, 1, m.shape[1], dtype=m.compute_dtype or torch.bfloat16, device=m.packed.device)
+              for m in layers]
+
+    def kernels():
+        for m, x in zip(layers, inputs):
+            torch.ops.bitsandbytes.gemv_4bit.default(x, m.packed, m.shape, m.absmax, m.code, m.blocksize)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        kernels()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernels()
+    ms = _replay_ms(graph)
+    read = sum(m.packed.numel() * m.packed.element_size() + m.absmax.numel() * 4 for m in layers)
+    return out | {"gemv_4bit_ms": round(ms, 3), "gemv_4bit_layers": len(layers),
+                  "gemv_4bit_gb_per_s": round(read / ms / 1e6, 1)}
 
 
 def bench_size(size: str, args, row: dict, save) -> None:
@@ -225,8 +276,7 @@ def bench_size(size: str, args, row: dict, save) -> None:
         row["paths"][name] = result
         print(f"[{size}] {name}: {json.dumps({k: v for k, v in result.items() if k != 'answer'})}", flush=True)
         save()
-        if PATHS[name][0] != "base":
-            model = None  # used up by the conversion
+        model = None  # used up by the conversion (in place: the base path's 4-bit layers are unrolled)
         torch._dynamo.reset()
     del model
     reset_memory(device)
@@ -299,6 +349,12 @@ def markdown(results: dict) -> str:
         for name, r in row["paths"].items():
             if r.get("fell_back"):
                 lines.append(f"- {name} fell back: {r['fell_back']}")
+            if r.get("gemv_4bit_ms"):
+                lines.append(f"- {name}: one decoding step takes {r['step_ms']} ms of GPU time; bitsandbytes' 4-bit "
+                             f"kernel alone, over its {r['gemv_4bit_layers']} layers, {r['gemv_4bit_ms']} ms "
+                             f"({r['gemv_4bit_gb_per_s']} GB/s of packed weights and block constants)")
+            elif r.get("step_ms"):
+                lines.append(f"- {name}: one decoding step takes {r['step_ms']} ms of GPU time")
         lines.append("")
     lines.append(f"Repeat: `{s['command']}`")
     return "\n".join(lines) + "\n"
@@ -311,7 +367,7 @@ def _ratio(a, b):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1.3b,12.8b", help=f"comma-separated, of {','.join(SIZES)}")
-    parser.add_argument("--paths", default="base,int4,dense", help=f"comma-separated, of {','.join(PATHS)}")
+    parser.add_argument("--paths", default="base,base_graphs,int4,dense", help=f"comma-separated, of {','.join(PATHS)}")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per answer")
     parser.add_argument("--repeats", type=int, default=3, help="timed answers per path")
     parser.add_argument("--steps", type=int, default=24, help="training steps before answering")

@@ -231,7 +231,7 @@ def test_bench_gen_runs_its_whole_pipeline_on_a_tiny_shape(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads((tmp_path / "gen_results.json").read_text())["sizes"][0]
     assert row["train"]["losses"][-1] < row["train"]["losses"][0]
-    assert set(row["paths"]) == {"base", "int4", "dense"}
+    assert set(row["paths"]) == {"base", "base_graphs", "int4", "dense"}
     for name, path in row["paths"].items():
         assert "error" not in path, (name, path)
         assert path["first_divergence"] is None and path["runs_agree"]

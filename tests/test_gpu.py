@@ -112,3 +112,15 @@ def test_fast_generation_on_gpu_merges_a_quantized_base(quant):
     summary = generation_summary(model, tokenizer, PROMPT, 32, fast=True)
     assert "gen_fast_error" not in summary and summary["gen_fast_new_tokens"] > 0, summary.get("gen_fast_error")
     assert summary["gen_fast_same_tokens"] or 0 <= summary["gen_fast_first_divergence"] <= 32
+
+
+def test_the_trained_4bit_base_decodes_compiled_with_the_plain_tokens():
+    from src.generate import fast_generate, plain_generate
+
+    model, tokenizer = lora_model_on_gpu("nf4_dq", "bfloat16")
+    plain = plain_generate(model, tokenizer, PROMPT, 32, full_length=True)
+    fast = fast_generate(model, tokenizer, PROMPT, 32, weights="base", full_length=True)
+    assert fast["path"].endswith("compiled decoding (inductor) in one CUDA graph per step"), fast.get("compile_error")
+    assert "compile_error" not in fast
+    assert fast["token_ids"] == plain["token_ids"]
+    assert fast["tokens_per_s"] > plain["tokens_per_s"], (plain["tokens_per_s"], fast["tokens_per_s"])

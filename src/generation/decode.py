@@ -2,9 +2,10 @@
 
 The graph holds a whole decoding step (the model's forward for one token, the argmax, the write of the token
 into the answer and the move to the next position), captured once per model and replayed for every later
-token and every later answer: no Python and no kernel launches per token, and no compiler, so it runs on
-weights torch.compile cannot trace (bitsandbytes' 4-bit layers) or traces slowly. The prompt's forward
-(prefill) runs as usual, so prompts of any length share one graph.
+token and every later answer: no Python and no kernel launches per token. With `compiled`, the step is first
+compiled by inductor (the 4-bit base, unrolled, keeps bitsandbytes' own kernel and gets the rest fused), then
+recorded; without it, the graph records the eager kernels, for weights the compiler traces slowly (int4). The
+prompt's forward (prefill) runs uncompiled, so prompts of any length share one graph.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ STOP_CHECK_EVERY = 16  # tokens between looks for the end-of-text token (each lo
 
 
 class StaticDecoder:
-    def __init__(self, model, max_cache_len: int, graphs: bool):
+    def __init__(self, model, max_cache_len: int, graphs: bool, compiled: bool = False):
         from transformers import StaticCache
 
         self.model = model
@@ -37,6 +38,8 @@ class StaticDecoder:
         self.banned_key = ()
         self.graph = None
         self.bool_mask = model.config._attn_implementation != "eager"
+        # compiled: inductor fuses the step's small kernels; the first step compiles, the graph then records it
+        self.step = torch.compile(self._step, dynamic=False) if compiled else self._step
 
     def _forward(self, input_ids, positions, mask):
         kwargs = dict(input_ids=input_ids, position_ids=positions.view(1, -1), attention_mask=mask,
@@ -65,12 +68,12 @@ class StaticDecoder:
     def _capture(self) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # one real step first: kernels chosen and loaded before the capture
-            self._step()
+        with torch.cuda.stream(side):  # one real step first: kernels compiled, chosen and loaded before the capture
+            self.step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._step()
+            self.step()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, stop_ids=(), banned_ids=()) -> tuple[list[int], float]:
@@ -103,7 +106,7 @@ class StaticDecoder:
         while done < max_new_tokens:
             chunk = min(STOP_CHECK_EVERY, max_new_tokens - done)
             for _ in range(chunk):
-                self.graph.replay() if self.graph is not None else self._step()
+                self.graph.replay() if self.graph is not None else self.step()
             done += chunk
             if stop and stop.intersection(self.out[:done].tolist()):
                 break

@@ -1,13 +1,15 @@
 """The fast path: which answering weights fit in the free memory, how decoding runs, and the timed answer.
 
-Weights (weights.py), chosen with weights="auto": dense (merged bf16) where it fits, since it runs the plain
-kernels with the adapter folded in; otherwise, for a base trained in 4-bit, the base as trained with the adapter
-beside it, which needs no memory beyond the KV cache and gives exactly the plain path's tokens; otherwise int4
-(merged, torchao), about a quarter of dense's bytes. int4 is the fastest at batch 1 but re-rounds every weight,
-so near-tied tokens can flip: it runs when asked for (weights="int4"). Decoding (decode.py): merged bf16 through
-transformers' own compiled route (inductor, CUDA graphs); int4 and the trained base through one CUDA graph per
-decoding step, captured in about a second, because torch.compile either breaks on bitsandbytes' layers or
-compiles int4 for minutes. Each way that fails hands over to the next, and says why in one sentence.
+Weights (weights.py), chosen with weights="auto". For a base trained in 4-bit: the base as trained with the
+adapter beside it, which needs no memory beyond the KV cache and gives exactly the plain path's tokens; merged
+bf16 first only for small models where it fits (below DENSE_BELOW_PARAMS, where it measured faster). For other
+bases: merged bf16 where it fits, else int4 (merged, torchao: a quarter of dense's bytes), else the base.
+int4 is the fastest at batch 1 but re-rounds every weight, so near-tied tokens can flip: it runs when asked
+for (weights="int4") or when nothing else fits. Decoding (decode.py): merged bf16 through transformers' own
+compiled route (inductor, CUDA graphs); the 4-bit base, unrolled into plain tensors (unrolled.py), compiled by
+inductor around bitsandbytes' own kernel and replayed as one CUDA graph per step; int4 as one CUDA graph per
+step, uncompiled, since inductor compiles torchao's int4 for minutes. Each way that fails hands over to the
+next (compiled, graphs, uncompiled), and says why in one sentence.
 """
 from __future__ import annotations
 
@@ -17,9 +19,15 @@ import torch
 
 from .decode import StaticDecoder
 from .plain import WARMUP_RUNS, first_divergence, one_line, plain_generate, result, sync
+from .unrolled import unrolled_bytes
 from .weights import answering_model, converted_bytes, default_dtype, int4_unavailable, linear_layers, weight_bytes
 
-WAYS = {"inductor": "compiled decoding (inductor, CUDA graphs)", "graphs": "CUDA graphs", "eager": "uncompiled"}
+WAYS = {"inductor": "compiled decoding (inductor, CUDA graphs)", "fused": "compiled decoding (inductor) in one CUDA graph per step",
+        "graphs": "CUDA graphs", "eager": "uncompiled"}
+# weights="auto" on a 4-bit base merges into bf16 (where it fits) only below this many weights in linear layers:
+# on an H200, merged bf16 decoded faster at polyglot-ko-1.3b's shape (382 against 295 tokens/s for the compiled
+# 4-bit base), slower at 12.8b's (101 against 105) in 3.3x the memory (experiments/gpu/gen_results.md)
+DENSE_BELOW_PARAMS = 4_000_000_000
 MARGIN_BYTES = 1 << 30  # the CUDA context's own share, the allocator's rounding, activations at batch 1
 
 
@@ -42,18 +50,28 @@ def available_bytes(device: torch.device, memory_gb: float | None = None) -> int
 def extra_bytes(model, weights: str, in_place: bool, positions: int) -> int:
     """Memory beyond what the LoRA model holds now that answering in `weights` form takes at its peak."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    positions = max(256, -(-positions // 256) * 256)  # the decoder's cache length
+    if weights == "base":  # the cache holds keys and values in the dtype the trained model computes in
+        cache = kv_cache_bytes(base.config, positions, base.get_input_embeddings().weight.element_size())
+        return cache + unrolled_bytes(linear_layers(base).values())
     cache = kv_cache_bytes(base.config, positions)
-    if weights == "base":
-        return cache
     new, current = converted_bytes(model, weights), weight_bytes(base)
     one_layer = 8 * max(m.in_features * m.out_features for m in linear_layers(base).values())  # float32 merge
     return (max(0, new - current) if in_place else new) + one_layer + cache
 
 
+def linear_params(model) -> int:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return sum(m.in_features * m.out_features for m in linear_layers(base).values())
+
+
 def preference(model) -> list[str]:
-    """weights="auto"'s order: merged bf16; a 4-bit base as trained (compact already, and exact); int4; the base."""
+    """weights="auto"'s order. For a base trained in 4-bit: merged bf16 first only below DENSE_BELOW_PARAMS, then
+    the base as trained (compact already, exact, compiled); for other bases: merged bf16, int4, the base."""
     four_bit = any(type(p).__name__ == "Params4bit" for p in model.parameters())
-    return ["dense", "base"] if four_bit else ["dense", "int4", "base"]
+    if not four_bit:
+        return ["dense", "int4", "base"]
+    return ["dense", "base"] if linear_params(model) < DENSE_BELOW_PARAMS else ["base"]
 
 
 def choose_weights(model, in_place: bool, positions: int, memory_gb: float | None = None) -> tuple[str, str]:
@@ -71,7 +89,11 @@ def choose_weights(model, in_place: bool, positions: int, memory_gb: float | Non
         need = extra_bytes(model, weights, in_place, positions) + MARGIN_BYTES
         if need <= free or weights == "base":
             what = f"{weights} needs about {gb(need)} more, {gb(free)} free"
-            if weights == "base" and "int4" not in preference(model):
+            if weights == "base" and "dense" not in preference(model):
+                what += (f" (at {linear_params(model) / 1e9:.1f}B weights in linear layers the 4-bit base as "
+                         "trained, compiled, decodes as fast as a merged bf16 copy in a quarter of its memory, "
+                         "and gives plain generate's tokens; weights=dense or int4 to choose otherwise)")
+            elif weights == "base" and "int4" not in preference(model):
                 what += (" (the 4-bit base as trained gives the plain path's tokens; weights=int4 is faster "
                          "but re-rounds every weight)")
             return weights, "; ".join(skipped + [what])
@@ -115,7 +137,8 @@ class FastPath:
         self.convert_s = time.perf_counter() - started
         compile = self.device.type == "cuda" if compile is None else compile
         if ways is None:
-            ways = ((["inductor"] if weights == "dense" else []) + ["graphs", "eager"]) if compile else ["eager"]
+            first = {"dense": ["inductor"], "base": ["fused"]}.get(weights, [])
+            ways = first + ["graphs", "eager"] if compile else ["eager"]
         self.ways = [w for w in ways if w == "eager" or self.device.type == "cuda"]
         self.decoder = None
         self.warm = False
@@ -145,7 +168,8 @@ class FastPath:
         else:
             need = inputs["input_ids"].shape[1] + max_new_tokens
             if self.decoder is None or need > self.decoder.max_cache_len:
-                self.decoder = StaticDecoder(self.model, max(256, -(-need // 256) * 256), graphs=way == "graphs")
+                self.decoder = StaticDecoder(self.model, max(256, -(-need // 256) * 256), graphs=way in ("graphs", "fused"),
+                                             compiled=way == "fused")
             sync(self.device)
             started = time.perf_counter()
             token_ids, ttft_s = self.decoder.generate(inputs["input_ids"], max_new_tokens,

@@ -3,8 +3,9 @@
     dense  the adapter merged into each (dequantized) base weight, kept in bf16 (on a CPU: the compute dtype)
     int4   the same merged weights quantized by torchao to int4 weight-only (groups of 128; CUDA): a quarter of
            dense's bytes, but re-rounded onto int4's evenly spaced levels, so near-tied tokens can flip
-    base   the base exactly as trained (4-bit, 8-bit or not) with the adapter beside it, unmerged: nothing is
-           rewritten, so it computes what the plain path computes
+    base   the base exactly as trained (4-bit, 8-bit or not) with the adapter beside it, unmerged: no weight is
+           rewritten, so it computes what the plain path computes; 4-bit layers are unrolled into plain tensors
+           and the same calls (unrolled.py), so that decoding can be compiled
 
 Merging an adapter into 4-bit weights means rounding again: peft's merge_and_unload re-quantizes to nf4 and
 rounds most of a small adapter away; int4 re-rounds every weight onto new levels. base keeps both as trained.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+from .unrolled import unroll_4bit
 
 WEIGHTS = ("dense", "int4", "base")
 INT4_GROUP_SIZES = (128, 64, 32)  # the int4 kernel's group sizes, largest (smallest scales overhead) first
@@ -127,7 +130,11 @@ def answering_model(model, weights: str = "dense", dtype: torch.dtype | None = N
     if weights == "base":
         if in_place:
             _expand_nested_absmax(base)
-        return base.eval()
+        target = base if in_place else _shared_copy(base)
+        unroll_4bit(target, linear_layers(target))
+        for module in target.modules():
+            module._forward_hooks.clear()  # training's input-gradient hook
+        return target.eval()
     int4 = weights == "int4"
     if int4 and (reason := int4_unavailable(base.device)):
         raise RuntimeError(reason)
