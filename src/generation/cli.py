@@ -43,8 +43,10 @@ def main(argv=None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's train.generation")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: the run's device setting)")
     parser.add_argument("--weights", default="auto", choices=["auto", *WEIGHTS],
-                        help="auto: merged bf16 where it fits in the free GPU memory, else merged int4, else the "
-                             "base as trained (default auto)")
+                        help="auto: for a base trained in 4-bit, the base as trained with the adapter beside it, "
+                             "compiled (merged bf16 instead for models under 4B weights where it fits); for others, "
+                             "merged bf16 where it fits in the free GPU memory, else merged int4, else the base "
+                             "(default auto)")
     parser.add_argument("--memory-gb", type=float, default=None,
                         help="choose the weights as if the GPU had this many GB in all (e.g. 24)")
     parser.add_argument("--compare", action="store_true", help="also run the plain path first; compare speed and tokens")

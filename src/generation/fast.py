@@ -90,9 +90,9 @@ def choose_weights(model, in_place: bool, positions: int, memory_gb: float | Non
         if need <= free or weights == "base":
             what = f"{weights} needs about {gb(need)} more, {gb(free)} free"
             if weights == "base" and "dense" not in preference(model):
-                what += (f" (at {linear_params(model) / 1e9:.1f}B weights in linear layers the 4-bit base as "
+                what += (f"; at {linear_params(model) / 1e9:.1f}B weights in linear layers the 4-bit base as "
                          "trained, compiled, decodes as fast as a merged bf16 copy in a quarter of its memory, "
-                         "and gives plain generate's tokens; weights=dense or int4 to choose otherwise)")
+                         "and gives plain generate's tokens (weights=dense or int4 to choose otherwise)")
             elif weights == "base" and "int4" not in preference(model):
                 what += (" (the 4-bit base as trained gives the plain path's tokens; weights=int4 is faster "
                          "but re-rounds every weight)")
