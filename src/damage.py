@@ -29,23 +29,72 @@ from .models import DTYPES, checkpoint_path
 BATCH_SIZE = 8
 
 
-class BaseModel:
-    """The unquantized base model in `dtype`, loaded on first use (most runs find the cache warm)."""
+MARGIN_BYTES = 1 << 30  # the reference's batch of log-probabilities and the allocator's rounding
 
-    def __init__(self, cfg, dtype: str, device: str = "cpu"):
-        self.cfg, self.dtype, self.device = cfg, dtype, device
+
+class ReferenceTooLarge(RuntimeError):
+    """The unquantized model does not fit where the run would load it (a 12.8B model in float32 is 51 GB)."""
+
+
+def model_bytes(path: str, dtype: str) -> int:
+    """Bytes of a checkpoint's parameters in `dtype`, from its config alone (no weights are read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for p in skeleton.parameters()) * DTYPES[dtype].itemsize
+
+
+def free_bytes(device: str) -> int | None:
+    """What the device has free: the GPU's free memory and torch's unused cache; on the CPU, MemAvailable."""
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class BaseModel:
+    """The unquantized base model in `dtype`, loaded on first use (most runs find the cache warm), and only
+    where it fits: in `max_bytes` when given, else in what the device has free."""
+
+    def __init__(self, cfg, dtype: str, device: str = "cpu", max_bytes: int | None = None):
+        self.cfg, self.dtype, self.device, self.max_bytes = cfg, dtype, device, max_bytes
         self._model = None
 
     @property
     def path(self) -> str:
         return checkpoint_path(self.cfg)
 
+    def check_fits(self) -> None:
+        need = model_bytes(self.path, self.dtype)
+        room = self.max_bytes if self.max_bytes is not None else free_bytes(self.device)
+        if room is None or need + MARGIN_BYTES <= room:
+            return
+        where = ("allowed (measure.damage.max_reference_gb)" if self.max_bytes is not None
+                 else f"free on the {'GPU' if self.device == 'cuda' else 'CPU'}")
+        smaller = "" if self.dtype != "float32" else (
+            f", or measure.damage.reference_dtype=bfloat16 (about {need / 2e9:.1f} GB)")
+        cache = Path(self.cfg.cache_dir).expanduser() / "reference"
+        raise ReferenceTooLarge(
+            f"the unquantized {self.cfg.model.name} in {self.dtype} needs about {need / 1e9:.1f} GB, "
+            f"{room / 1e9:.1f} GB {where}; it is computed once per model and kept under {cache}: run once "
+            f"where it fits{smaller}, or set measure.damage.enabled=false measure.answers.enabled=false")
+
     def get(self):
         if self._model is None:
             from transformers import AutoModelForCausalLM
 
-            self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[self.dtype]).to(self.device)
-            self._model.eval()
+            self.check_fits()
+            placed = {"device_map": {"": 0}} if self.device == "cuda" else {}  # straight to the GPU, shard by shard
+            self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=DTYPES[self.dtype], **placed)
+            self._model.to(self.device).eval()
         return self._model
 
     def release(self) -> None:

@@ -29,7 +29,8 @@ def check(settings) -> None:
               "damage.max_cache_mb": (1, "megabytes, 1 or more"),
               "answers.held_out": (0, "a number of prompts, 0 or more"),
               "answers.trained": (0, "a number of prompts, 0 or more"),
-              "answers.max_new_tokens": (1, "a number of tokens, 1 or more")}
+              "answers.max_new_tokens": (1, "a number of tokens, 1 or more"),
+              "damage.max_reference_gb": (0, "gigabytes, 0 or more")}
     for key, (least, what) in wanted.items():
         group, name = key.split(".")
         value = (settings.get(group) or {}).get(name)
@@ -51,6 +52,7 @@ class Measurements:
         self.base_answers: dict | None = None
         self.prompts: list = []
         self.prepare_s = 0.0
+        self.skipped: str | None = None  # why the unquantized model's part was not measured, in one sentence
         check(self.settings)
 
     def prepare(self) -> None:
@@ -64,20 +66,27 @@ class Measurements:
         started = time.perf_counter()
         cfg = self.cfg
         dtype = str(self.settings.damage.reference_dtype) if self.damage_on else "float32"
-        base = damage.BaseModel(cfg, dtype, self.device)
+        limit = (self.settings.get("damage") or {}).get("max_reference_gb")
+        base = damage.BaseModel(cfg, dtype, self.device, None if limit is None else int(float(limit) * 1e9))
         tokenizer = AutoTokenizer.from_pretrained(checkpoint_path(cfg))
         if tokenizer.pad_token is None:  # as models.load_model_and_tokenizer does
             tokenizer.pad_token = tokenizer.eos_token
         try:
             if self.damage_on:
                 _, eval_set = build_datasets(cfg.data, tokenizer, cfg.model.max_length)
-                self.reference = damage.prepare_reference(cfg, tokenizer, eval_set, base)
+                try:
+                    self.reference = damage.prepare_reference(cfg, tokenizer, eval_set, base)
+                except damage.ReferenceTooLarge as exc:  # the run trains; damage is not measured, and says why
+                    self.skipped = str(exc)
             if self.answers_on:
                 settings = self.settings.answers
                 self.prompts = answers.prompt_rows(cfg.data, int(settings.held_out), int(settings.trained))
                 if self.prompts:
-                    self.base_answers = answers.base_answers(cfg, tokenizer, self.prompts,
-                                                             int(settings.max_new_tokens), base)
+                    try:
+                        self.base_answers = answers.base_answers(cfg, tokenizer, self.prompts,
+                                                                 int(settings.max_new_tokens), base)
+                    except damage.ReferenceTooLarge as exc:  # the run's own answers are still given
+                        self.skipped = str(exc)
         finally:
             base.release()
             gc.collect()
@@ -86,7 +95,7 @@ class Measurements:
     def before_training(self, model, tokenizer, eval_set) -> dict:
         """summary.json's `damage` block, measured on the freshly wrapped (untrained) model."""
         if self.reference is None:
-            return {}
+            return {"damage_skipped": self.skipped} if self.damage_on and self.skipped else {}
         measured = damage.measure_damage(model, self.reference)
         measured["reference_s"] = round(self.prepare_s, 3)
         return {"damage": measured}

@@ -230,6 +230,11 @@ class _Job:
         self._start_loggers()
         measures = Measurements(cfg, self.device)
         measures.prepare()  # the unquantized reference, when it is not cached yet: loaded and freed before the run's model
+        if measures.skipped:
+            print(f"[dropsweep] quantization damage and the base model's answers not measured: {measures.skipped}",
+                  file=sys.stderr, flush=True)
+        if self.device == "cuda":  # the run's peak is its own model's, not the reference's it may have loaded
+            torch.cuda.reset_peak_memory_stats()
         loaded = time.perf_counter()
         model, tokenizer = load_model_and_tokenizer(cfg, self.device)
         self.summary["load_time_s"] = round(time.perf_counter() - loaded, 2)

@@ -88,3 +88,41 @@ def test_the_quant_damage_preset_on_the_tiny_model_names_quant_for_its_damage(tm
     report = make_report(tmp_path / "sweep", plots=False)
     assert "quant changes the outcome: damage KL 0.0" in report.verdict
     assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/answers.json")) == ["0", "1", "2", "3"]
+
+
+def test_a_reference_that_does_not_fit_is_skipped_in_one_sentence_and_nothing_is_loaded(tmp_path):
+    """A 12.8B model in float32 is 51 GB: on a 24 GB card the run must train anyway and say why."""
+    from src.measure import Measurements
+
+    cfg = compose_config(["model=tiny_neox", "quant=nf4", "device=cpu", f"cache_dir={tmp_path}",
+                          "measure.damage.max_reference_gb=0.0001"])
+    measures = Measurements(cfg, "cpu")
+    measures.prepare()
+    assert measures.reference is None and measures.base_answers is None
+    assert measures.skipped.startswith("the unquantized tiny_neox in float32 needs about ")
+    assert "GB allowed (measure.damage.max_reference_gb)" in measures.skipped
+    assert "measure.damage.reference_dtype=bfloat16" in measures.skipped and "\n" not in measures.skipped
+    assert not list((tmp_path / "reference").glob("*.pt"))  # nothing computed, nothing cached
+    model, tokenizer = load_model_and_tokenizer(cfg, "cpu")
+    assert measures.before_training(model, tokenizer, None) == {"damage_skipped": measures.skipped}
+    roomy = Measurements(compose_config(["model=tiny_neox", "quant=nf4", "device=cpu", f"cache_dir={tmp_path}",
+                                         "measure.damage.max_reference_gb=2"]), "cpu")
+    roomy.prepare()  # the same model with room for it: measured
+    assert roomy.reference is not None and roomy.skipped is None
+
+
+@pytest.mark.slow
+def test_a_run_whose_reference_does_not_fit_trains_and_says_why(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    result = run_cli(["debug=default", "quant=nf4", "logger=disk", f"hydra.run.dir={tmp_path / 'run'}",
+                      f"cache_dir={tmp_path}", "measure.damage.max_reference_gb=0.0001"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[dropsweep] quantization damage and the base model's answers not measured: the unquantized" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and "damage" not in summary
+    assert summary["damage_skipped"].startswith("the unquantized ")
+    answers = json.loads((tmp_path / "run" / "answers.json").read_text())
+    assert answers["run"] and answers["base"] is None  # the run's own answers are still given
