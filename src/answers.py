@@ -111,13 +111,21 @@ def quantized(model) -> bool:
 def answer(model, tokenizer, prompts: list[dict], max_new_tokens: int, merged: bool = True) -> dict:
     """The run's answers. With `merged`, a 4/8-bit model answers through a dense copy with the adapter
     merged into its dequantized weights (src/generate.py): the same weights, decoded without
-    bitsandbytes' per-step dequantization, which on a CPU takes most of a 4-bit decoding step."""
+    bitsandbytes' per-step dequantization, which on a CPU takes most of a 4-bit decoding step; on a GPU
+    only where the copy fits in the free memory, else through the model as trained."""
     started = time.perf_counter()
     decoder, how = model, "the model as trained"
     if merged and quantized(model):
+        from .generation.fast import MARGIN_BYTES, available_bytes, extra_bytes
         from .generate import merged_copy
 
-        decoder, how = merged_copy(model), "adapter merged into the dequantized base"
+        free = available_bytes(model.device)  # None on the CPU, where memory is not the GPU's to run out of
+        need = extra_bytes(model, "dense", in_place=False, positions=512) + MARGIN_BYTES
+        if free is None or need <= free:
+            decoder, how = merged_copy(model), "adapter merged into the dequantized base"
+        else:  # a 12.8B model's dense copy is 25.6 GB: on a 24 GB card the run answers as it trained
+            how = (f"the model as trained (a merged copy would need about {need / 1e9:.1f} GB more, "
+                   f"{free / 1e9:.1f} GB free)")
     texts = generate_answers(decoder, tokenizer, [prompt_text(p["instruction"]) for p in prompts], max_new_tokens)
     del decoder
     return scored(prompts, texts) | {"decoded_on": how, "seconds": round(time.perf_counter() - started, 3)}

@@ -124,3 +124,23 @@ def test_the_trained_4bit_base_decodes_compiled_with_the_plain_tokens():
     assert "compile_error" not in fast
     assert fast["token_ids"] == plain["token_ids"]
     assert fast["tokens_per_s"] > plain["tokens_per_s"], (plain["tokens_per_s"], fast["tokens_per_s"])
+
+
+def test_answers_after_training_do_not_merge_a_copy_the_card_has_no_room_for():
+    """A 12.8B model's merged copy is 25.6 GB: on a 24 GB card the run answers through the model as trained.
+    Here the card is really filled up to leave less than the copy needs."""
+    from src.answers import answer
+
+    model, tokenizer = lora_model_on_gpu("nf4_dq", "bfloat16")
+    prompts = [{"row": 0, "split": "trained", "instruction": "What is the capital of Velmora?", "reference": ""}]
+    roomy = answer(model, tokenizer, prompts, 8)
+    assert roomy["decoded_on"] == "adapter merged into the dequantized base"
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    filler = torch.empty(free - (512 << 20), dtype=torch.uint8, device="cuda")  # leave 0.5 GiB
+    try:
+        tight = answer(model, tokenizer, prompts, 8)
+    finally:
+        del filler
+    assert tight["decoded_on"].startswith("the model as trained (a merged copy would need about ")
+    assert len(tight["answers"]) == 1 and isinstance(tight["answers"][0]["answer"], str)
