@@ -26,7 +26,7 @@ import numpy as np
 
 from src.detect.synthetic import FAMILIES, Case, make_case, smollm2_staircase
 from src.detect import Settings, StreamingDetector, detect
-from src.detect.formats import Curve
+from src.detect.curve import Curve
 
 MATCH_POINTS = 5
 ALARM_LATE = 10

@@ -3,8 +3,9 @@ stalls and hidden NaN, over a whole log (`detect`) or live (`StreamingDetector`,
 `LossAnomalyCallback`). `python -m src.detect PATH` runs it on a log file."""
 
 from .core import detect
-from .formats import Curve, LogFormatError, load_curve
-from .rules import Event, Settings
+from .curve import Curve, LogFormatError
+from .events import Event, Settings
+from .formats import load_curve
 from .streaming import StreamingDetector
 
 __all__ = ["Curve", "Event", "LogFormatError", "LossAnomalyCallback", "Settings", "StreamingDetector", "detect", "load_curve"]

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from . import LogFormatError, detect, load_curve
-from .rules import Settings
+from .events import Settings
 
 
 def main(argv=None) -> int:

@@ -15,18 +15,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from .causes import describe_nonfinite, describe_stall, explain_drop
-from .core import (
-    candidates,
-    close_cluster,
-    drop_context,
-    epoch_drop,
-    eval_just_before,
-    into_stall,
-    nonfinite_event,
-    overlaps,
-    spike_event,
-    stall_event,
-)
+from .core import candidates, close_cluster, drop_context, epoch_drop, into_stall, overlaps, spike_event
+from .events import Event, Settings
 from .rules import (
     EPOCH_MIN_POINTS,
     EPOCH_WINDOW_MAX,
@@ -36,8 +26,6 @@ from .rules import (
     SPIKE_SPAN,
     ZERO_MASK_FLOOR,
     Cluster,
-    Event,
-    Settings,
     continues,
     epoch_crossing,
     epoch_span,
@@ -48,6 +36,7 @@ from .rules import (
     spike_rule,
     window_median,
 )
+from .stalls import eval_just_before, nonfinite_event, stall_event
 
 
 class StreamingDetector:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .formats import Curve
+from .curve import Curve
 
 FAMILIES = ("clean", "staircase", "zero_collapse", "nan_window", "spikes", "sawtooth", "batch_change", "lr_step", "stall", "resume",
             "excursion", "noisy_plateau", "short_epochs")
