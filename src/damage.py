@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from .models import DTYPES, checkpoint_path
+from .memory import cuda_free_bytes, process_available_bytes
+from .models import DTYPES, checkpoint_path, skeleton
 
 BATCH_SIZE = 8
 
@@ -38,26 +39,7 @@ class ReferenceTooLarge(RuntimeError):
 
 def model_bytes(path: str, dtype: str) -> int:
     """Bytes of a checkpoint's parameters in `dtype`, from its config alone (no weights are read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-    return sum(p.numel() for p in skeleton.parameters()) * DTYPES[dtype].itemsize
-
-
-def free_bytes(device: str) -> int | None:
-    """What the device has free: the GPU's free memory and torch's unused cache; on the CPU, MemAvailable."""
-    if device == "cuda":
-        free, _ = torch.cuda.mem_get_info()
-        return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return sum(p.numel() for p in skeleton(path).parameters()) * DTYPES[dtype].itemsize
 
 
 class BaseModel:
@@ -74,7 +56,10 @@ class BaseModel:
 
     def check_fits(self) -> None:
         need = model_bytes(self.path, self.dtype)
-        room = self.max_bytes if self.max_bytes is not None else free_bytes(self.device)
+        if self.max_bytes is not None:
+            room = self.max_bytes
+        else:
+            room = cuda_free_bytes() if self.device == "cuda" else process_available_bytes()
         if room is None or need + MARGIN_BYTES <= room:
             return
         where = ("allowed (measure.damage.max_reference_gb)" if self.max_bytes is not None

@@ -175,14 +175,18 @@ def lora_targets(cfg: DictConfig):
     return targets if isinstance(targets, str) else list(targets)
 
 
-def linear_module_names(cfg: DictConfig, path: str) -> set[str]:
-    """Names of the model's linear layers, read from its config on the meta device (no weights)."""
+def skeleton(path: str):
+    """The checkpoint's model built from its config alone on the meta device: its shapes, no weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    return {name.split(".")[-1] for name, module in skeleton.named_modules() if isinstance(module, torch.nn.Linear)}
+        return AutoModelForCausalLM.from_config(config)
+
+
+def linear_module_names(cfg: DictConfig, path: str) -> set[str]:
+    """Names of the model's linear layers, read from its config on the meta device (no weights)."""
+    return {name.split(".")[-1] for name, module in skeleton(path).named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def load_model_and_tokenizer(cfg: DictConfig, device: str, on_device: bool = False):

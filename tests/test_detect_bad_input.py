@@ -81,8 +81,8 @@ def test_a_file_too_large_for_the_memory_left_is_one_sentence(tmp_path):
     script = (
         "import resource, sys\n"
         "from src.detect.__main__ import main\n"
-        "from src.detect.formats import _address_space_used\n"
-        "limit = _address_space_used() + 4_000_000\n"
+        "from src.memory import address_space_used\n"
+        "limit = address_space_used() + 4_000_000\n"
         "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
         f"sys.exit(main([{str(path)!r}, '--json']))\n"
     )

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
+from ..memory import process_available_bytes
 from ..rundir.metrics import MetricsError, read_metrics
 from .curve import ALIGNED_KEYS, EVAL_LOSS_KEYS, LOSS_KEYS, STEP_KEYS, Curve, LogFormatError
 
@@ -78,7 +78,7 @@ BOM = b"\xef\xbb\xbf"
 
 def _check_memory(size: int, per_byte: int) -> None:
     """A LogFormatError, before reading, when the file would need more memory than is available."""
-    available = _available_memory()
+    available = process_available_bytes()
     if available is not None and size * per_byte > available:
         raise LogFormatError(
             f"is too large to read here: its {_amount(size)} would need about {_amount(size * per_byte)} "
@@ -89,33 +89,6 @@ def _check_memory(size: int, per_byte: int) -> None:
 def _amount(size: float) -> str:
     """'5.2 MB', '1.3 GB'."""
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
-
-
-def _available_memory() -> int | None:
-    """Bytes this process can still allocate: the system's available memory, or a lower limit
-    set on the process (ulimit -v), if either is known."""
-    limits = []
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    limits.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError):
-        pass
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-        if soft != resource.RLIM_INFINITY:
-            limits.append(max(soft - _address_space_used(), 0))
-    except (ImportError, OSError, ValueError):
-        pass
-    return min(limits) if limits else None
-
-
-def _address_space_used() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _log_in_directory(directory: Path) -> Path:

@@ -17,10 +17,11 @@ import time
 
 import torch
 
+from ..memory import cuda_free_bytes
 from .decode import StaticDecoder
 from .plain import WARMUP_RUNS, first_divergence, one_line, plain_generate, result, sync
 from .unrolled import unrolled_bytes
-from .weights import answering_model, converted_bytes, default_dtype, int4_unavailable, linear_layers, weight_bytes
+from .weights import answering_model, base_model, converted_bytes, default_dtype, int4_unavailable, linear_layers, weight_bytes
 
 WAYS = {"inductor": "compiled decoding (inductor, CUDA graphs)", "fused": "compiled decoding (inductor) in one CUDA graph per step",
         "graphs": "CUDA graphs", "eager": "uncompiled"}
@@ -40,8 +41,7 @@ def available_bytes(device: torch.device, memory_gb: float | None = None) -> int
     or, with `memory_gb`, what a card of that size would have left beside what is already allocated."""
     if device.type != "cuda":
         return None
-    free, _ = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    free = cuda_free_bytes(device)
     if memory_gb is not None:
         free = min(free, int(memory_gb * 1e9) - torch.cuda.memory_allocated(device))
     return free
@@ -49,7 +49,7 @@ def available_bytes(device: torch.device, memory_gb: float | None = None) -> int
 
 def extra_bytes(model, weights: str, in_place: bool, positions: int) -> int:
     """Memory beyond what the LoRA model holds now that answering in `weights` form takes at its peak."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     positions = max(256, -(-positions // 256) * 256)  # the decoder's cache length
     if weights == "base":  # the cache holds keys and values in the dtype the trained model computes in
         cache = kv_cache_bytes(base.config, positions, base.get_input_embeddings().weight.element_size())
@@ -61,7 +61,7 @@ def extra_bytes(model, weights: str, in_place: bool, positions: int) -> int:
 
 
 def linear_params(model) -> int:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return sum(m.in_features * m.out_features for m in linear_layers(base).values())
 
 
@@ -81,19 +81,19 @@ def choose_weights(model, in_place: bool, positions: int, memory_gb: float | Non
         return "dense", "on the CPU: the adapter merged into a copy in the compute dtype (int4 and CUDA graphs need a GPU)"
     free = available_bytes(device, memory_gb)
     gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
-    skipped = []
-    for weights in preference(model):
+    skipped, order = [], preference(model)
+    for weights in order:
         if weights == "int4" and (why := int4_unavailable(device)):
             skipped.append(why)
             continue
         need = extra_bytes(model, weights, in_place, positions) + MARGIN_BYTES
         if need <= free or weights == "base":
             what = f"{weights} needs about {gb(need)} more, {gb(free)} free"
-            if weights == "base" and "dense" not in preference(model):
+            if weights == "base" and "dense" not in order:
                 what += (f"; at {linear_params(model) / 1e9:.1f}B weights in linear layers the 4-bit base as "
                          "trained, compiled, decodes as fast as a merged bf16 copy in a quarter of its memory, "
                          "and gives plain generate's tokens (weights=dense or int4 to choose otherwise)")
-            elif weights == "base" and "int4" not in preference(model):
+            elif weights == "base" and "int4" not in order:
                 what += (" (the 4-bit base as trained gives the plain path's tokens; weights=int4 is faster "
                          "but re-rounds every weight)")
             return weights, "; ".join(skipped + [what])

@@ -19,7 +19,7 @@ import copy
 
 import torch
 
-from .unrolled import unroll_4bit
+from .unrolled import expand_block_constants, unroll_4bit
 
 WEIGHTS = ("dense", "int4", "base")
 INT4_GROUP_SIZES = (128, 64, 32)  # the int4 kernel's group sizes, largest (smallest scales overhead) first
@@ -34,6 +34,11 @@ def int4_unavailable(device: torch.device) -> str | None:
     except Exception as exc:  # not installed, or built for another torch
         return f"int4 weights need torchao (pip install torchao): {type(exc).__name__}: {str(exc)[:120]}"
     return None
+
+
+def base_model(model):
+    """The transformers model inside a peft-wrapped one (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _lora_layers(model) -> dict:
@@ -87,19 +92,6 @@ def _new_linear(weight: torch.Tensor, bias, dtype: torch.dtype, int4: bool) -> t
     return linear
 
 
-def _expand_nested_absmax(model) -> None:
-    """Double quantization's second level undone once (the block constants dequantized to float32, as each
-    4-bit call would do), so every 4-bit layer in the decoding graph skips two kernels: the same numbers,
-    about 0.05 bytes a weight more."""
-    import bitsandbytes.functional as bnbf
-
-    for module in model.modules():
-        state = getattr(getattr(module, "weight", None), "quant_state", None)
-        if state is not None and getattr(state, "nested", False):
-            state.absmax = bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset
-            state.nested, state.state2, state.offset = False, None, None
-
-
 def _release(module) -> None:
     for param in module.parameters():
         if getattr(param, "module", None) is not None:
@@ -126,10 +118,10 @@ def answering_model(model, weights: str = "dense", dtype: torch.dtype | None = N
     otherwise it is left as it is and the result shares its untouched tensors."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: use one of {', '.join(WEIGHTS)}")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if weights == "base":
         if in_place:
-            _expand_nested_absmax(base)
+            expand_block_constants(base)
         target = base if in_place else _shared_copy(base)
         unroll_4bit(target, linear_layers(target))
         for module in target.modules():
@@ -202,7 +194,7 @@ def _tensors(state) -> list[torch.Tensor]:
 
 def converted_bytes(model, weights: str) -> int:
     """Bytes the model will hold in `weights` form (estimated from the shapes)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if weights == "base":
         return weight_bytes(base)
     output = base.get_output_embeddings()
